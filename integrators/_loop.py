@@ -1,0 +1,211 @@
+"""The one settle loop every method runs in: masking, residuals, statuses, trace, counters.
+
+Per step: pick the still-running samples, hand the method their state and a force restricted to
+them, judge the returned state on the *force* residual, and write it back. Converged, stalled and
+diverged samples leave the active set at once and cost no more evaluations (STYLE.md, torchode).
+Samples still running when the budget ends are classified from their own residual tail by
+`detect_cycle`: LIMIT_CYCLE, MAX_STEPS, or STALLED at the dtype's precision floor.
+
+Host syncs: one per step (finding the active rows needs their count on the host). Everything else
+stays on the state's device; histories are moved to the CPU once, at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import Integrator, StepState, check_positive, check_range
+from ._cycle import detect_cycle
+from ._force import CountedForce, force_residual, step_residual
+from ._result import CycleReport, SettleResult, Status, Trace, to_cpu, worst_status
+
+_RUNNING = -1
+_CODES = {s: i for i, s in enumerate(Status)}
+_STATUSES = list(Status)
+# Below this many machine epsilons a residual floor is rounding noise, not dynamics.
+_PRECISION_FLOOR_EPS = 16
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """Options of the shared loop (any method). Validated on construction.
+
+    * `tol`: force-residual tolerance (> 0).
+    * `max_steps`: loop iterations (>= 1).
+    * `blowup`: a sample whose ||z|| exceeds blowup * (||z0|| + ||F(z0)||) is DIVERGED.
+    * `cycle_min_tail`: a residual tail shorter than 2 * cycle_min_tail is never called a cycle.
+    * `progress`: show a tqdm bar with the residual.
+    """
+
+    tol: float
+    max_steps: int
+    blowup: float = 1e6
+    cycle_min_tail: int = 50
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive("tol", self.tol)
+        check_range("max_steps", self.max_steps, 1, 10**12, integer=True)
+        check_positive("blowup", self.blowup, allow_inf=True)
+        check_range("cycle_min_tail", self.cycle_min_tail, 2, 10**9, integer=True)
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be a bool, got {type(self.progress).__name__}")
+
+
+LOOP_OPTIONS = ("blowup", "cycle_min_tail", "progress")
+
+
+def check_initial_state(z0: Any) -> Tensor:
+    """z0 must be a finite floating or complex tensor of shape (batch, ...), batch >= 1."""
+    if not isinstance(z0, Tensor):
+        raise TypeError(f"z0 must be a torch.Tensor of shape (batch, ...), got {type(z0).__name__}")
+    if not (z0.is_floating_point() or z0.is_complex()):
+        raise TypeError(f"z0 must have a floating or complex dtype, got {z0.dtype}")
+    if z0.ndim < 2:
+        raise ValueError(
+            f"z0 must have shape (batch, ...) with at least one state dimension, got "
+            f"{tuple(z0.shape)}; add a batch dimension with z0.unsqueeze(0)"
+        )
+    if z0.shape[0] < 1 or z0[0].numel() < 1:
+        raise ValueError(f"z0 must hold at least one sample and one state entry, got {tuple(z0.shape)}")
+    if not bool(torch.isfinite(z0).all()):
+        raise ValueError("z0 must be finite (it holds NaN or inf)")
+    return z0
+
+
+def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> SettleResult:
+    """Settle `force` from `z0` with `method`; see `settle` for the meaning of the result."""
+    z0 = check_initial_state(z0)
+    wall0 = time.perf_counter()
+    counted = CountedForce(force, z0)
+    if method.needs_split and not counted.has_split:
+        _ = counted.leak  # raises a TypeError that says what the method needs
+    batch = z0.shape[0]
+    dims = tuple(range(1, z0.ndim))
+
+    with torch.no_grad():
+        f0 = counted(z0)
+    state = method.init(counted, z0, f0)
+    res = force_residual(state.z, state.f)
+    real = res.dtype
+    finite0 = torch.isfinite(state.f).flatten(1).all(1)
+    scale = torch.linalg.vector_norm(z0, dim=dims) + torch.linalg.vector_norm(
+        torch.nan_to_num(state.f), dim=dims
+    )
+    limit = options.blowup * scale.clamp_min(torch.finfo(real).tiny)
+
+    code = torch.full((batch,), _RUNNING, dtype=torch.long, device=z0.device)
+    code = torch.where(~finite0, _CODES[Status.DIVERGED], code)
+    code = torch.where(finite0 & (res <= options.tol), _CODES[Status.CONVERGED], code)
+    res = torch.where(finite0, res, torch.full_like(res, float("inf")))
+    steps_per_sample = torch.zeros(batch, dtype=torch.long, device=z0.device)
+
+    hist_res, hist_t = [res.clone()], [state.t.clone()]
+    hist_step_res: list[Tensor] = []
+    hist_eps: list[Tensor] = []
+    bar = _progress_bar(options, method.name)
+    steps = 0
+    for _ in range(options.max_steps):
+        active = code == _RUNNING
+        index = active.nonzero().squeeze(1)  # the one host sync per step
+        if index.numel() == 0:
+            break
+        steps += 1
+        whole = index.numel() == batch
+        counted.refresh(state.z)
+        view = counted if whole else counted.restrict(index)
+        sub = state if whole else state.take(index)
+        with torch.no_grad():
+            new = method.step(view, sub)
+        r = force_residual(new.z, new.f)
+        ok = (
+            torch.isfinite(new.z).flatten(1).all(1)
+            & torch.isfinite(new.f).flatten(1).all(1)
+            & (torch.linalg.vector_norm(new.z, dim=dims) <= limit[index])
+            & torch.isfinite(r)
+        )
+        hist_step_res.append(torch.where(ok, step_residual(new.z, sub.z), 0).max())
+        hist_eps.append(new.eps.max() if method.has_time else torch.full((), float("nan"), device=z0.device))
+        state = state.put(index, new, keep=~ok)
+        sub_code = torch.where(~ok, _CODES[Status.DIVERGED], _RUNNING)
+        sub_code = torch.where(ok & new.stalled, _CODES[Status.STALLED], sub_code)
+        sub_code = torch.where(ok & (r <= options.tol), _CODES[Status.CONVERGED], sub_code)
+        code = code.index_copy(0, index, sub_code)
+        res = res.index_copy(0, index, torch.where(ok, r, res[index]))
+        steps_per_sample = steps_per_sample.index_add(0, index, torch.ones_like(index))
+        hist_res.append(res.clone())
+        hist_t.append(state.t.clone())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"residual {float(res.max()):.2e} active {index.numel()}")
+    if bar is not None:
+        bar.close()
+
+    sample_res = to_cpu(torch.stack(hist_res)).to(torch.float64)
+    final_codes = code.tolist()
+    statuses: list[Status] = []
+    cycles: list[CycleReport | None] = []
+    precision = _PRECISION_FLOOR_EPS * torch.finfo(real).eps
+    for i, c in enumerate(final_codes):
+        if c == _CODES[Status.CONVERGED]:
+            statuses.append(Status.CONVERGED)
+            cycles.append(None)
+            continue
+        tail = sample_res[: int(steps_per_sample[i]) + 1, i]
+        tail = tail[torch.isfinite(tail)]
+        report = detect_cycle(tail, min_tail=options.cycle_min_tail)
+        cycles.append(report)
+        if c != _RUNNING:
+            statuses.append(_STATUSES[c])
+        elif report.floor <= precision and report.decay >= 0.9:
+            statuses.append(Status.STALLED)
+        elif report.is_cycle:
+            statuses.append(Status.LIMIT_CYCLE)
+        else:
+            statuses.append(Status.MAX_STEPS)
+
+    z_out, f_out = method.finalize(state)
+    residual = force_residual(z_out, f_out)
+    info = dict(method.info(state))
+    info["rejected_steps"] = int(state.rejected.sum())
+    info["precision_floor"] = float(precision)
+    trace = Trace(
+        residual=sample_res.max(dim=1).values,
+        step_residual=to_cpu(torch.stack(hist_step_res)).double() if hist_step_res else torch.zeros(0),
+        step_size=to_cpu(torch.stack(hist_eps)).double() if hist_eps else torch.zeros(0),
+        time=to_cpu(torch.stack(hist_t)).double().max(dim=1).values if method.has_time else None,
+        sample_residual=sample_res,
+        sample_time=to_cpu(torch.stack(hist_t)).double() if method.has_time else None,
+    )
+    return SettleResult(
+        z=z_out,
+        status=worst_status(tuple(statuses)),
+        residual=residual,
+        nfe=counted.calls,
+        steps=steps,
+        t=state.t if method.has_time else None,
+        trace=trace,
+        wall_time=time.perf_counter() - wall0,
+        sample_status=tuple(statuses),
+        nfe_per_sample=counted.per_sample,
+        steps_per_sample=steps_per_sample,
+        cycles=tuple(cycles),
+        method=method.name,
+        info=info,
+    )
+
+
+def _progress_bar(options: LoopOptions, name: str) -> Any:
+    if not options.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=options.max_steps, desc=f"settle[{name}]", leave=False)
+
+
+__all__ = ["LoopOptions", "LOOP_OPTIONS", "run", "check_initial_state", "StepState"]

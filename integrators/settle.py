@@ -1,0 +1,116 @@
+"""`settle(force, z0, method=..., **options)`: one entry point for every method.
+
+A string registry maps names to method classes (STYLE.md, after torchdiffeq's SOLVERS). Options are
+split between the method's constructor and the shared loop; an unknown option is a TypeError that
+names it and lists the allowed ones, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import Tensor
+
+from ._base import Integrator
+from ._loop import LOOP_OPTIONS, LoopOptions, run
+from ._result import SettleResult
+from .euler import ExplicitEuler
+from .imex import IMEXEuler
+
+METHODS: dict[str, type[Integrator]] = {
+    "euler": ExplicitEuler,
+    "imex": IMEXEuler,
+}
+
+# Methods in modules being written (resolved on first use, then moved into METHODS by wiring).
+_PENDING: dict[str, tuple[str, str]] = {
+    "adaptive": ("adaptive", "AdaptiveEuler"),
+    "implicit": ("implicit", "ImplicitEuler"),
+    "anderson": ("anderson", "Anderson"),
+    "ode": ("ode", "ODESolver"),
+    "euler-maruyama": ("maruyama", "EulerMaruyama"),
+}
+
+
+def _resolve_pending() -> None:
+    import importlib
+
+    for name, (module, cls) in list(_PENDING.items()):
+        try:
+            mod = importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError:
+            continue
+        METHODS[name] = getattr(mod, cls)
+        del _PENDING[name]
+
+
+def register(name: str, cls: type[Integrator]) -> None:
+    """Make a method available by name (for methods defined outside this package)."""
+    if not (isinstance(cls, type) and issubclass(cls, Integrator)):
+        raise TypeError(f"cls must be an Integrator subclass, got {cls!r}")
+    METHODS[name] = cls
+
+
+def _method_params(cls: type[Integrator]) -> list[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+
+
+def make_method(method: str | Integrator, options: dict[str, Any]) -> tuple[Integrator, dict]:
+    """Resolve `method` to an instance; return it with the options left for the loop."""
+    loop_opts = {k: options[k] for k in options if k in LOOP_OPTIONS}
+    method_opts = {k: v for k, v in options.items() if k not in LOOP_OPTIONS}
+    if isinstance(method, Integrator):
+        if method_opts:
+            raise TypeError(
+                f"unknown option(s) {sorted(method_opts)} for an {type(method).__name__} instance: "
+                f"configure the instance instead; settle options are {sorted(LOOP_OPTIONS)}"
+            )
+        return method, loop_opts
+    _resolve_pending()
+    if not isinstance(method, str):
+        raise TypeError(
+            f"method must be a name ({', '.join(sorted(METHODS))}) or an Integrator instance, "
+            f"got {type(method).__name__}"
+        )
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    cls = METHODS[method]
+    allowed = _method_params(cls)
+    unknown = sorted(set(method_opts) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method {method!r}; allowed: "
+            f"{sorted(allowed)} (method) and {sorted(LOOP_OPTIONS)} (settle)"
+        )
+    return cls(**method_opts), loop_opts
+
+
+def settle(
+    force: Any,
+    z0: Tensor,
+    method: str | Integrator = "anderson",
+    *,
+    tol: float = 1e-6,
+    max_steps: int | None = None,
+    **options: Any,
+) -> SettleResult:
+    """Settle dz/dt = F(z) from z0 to a fixed point, judged on the force residual.
+
+    Args:
+        force: callable F(z) -> dz/dt on tensors of shape (batch, ...); optionally with `leak` and
+            `nonlinear` (F = -leak z + N(z)) and `select(index)` (see `analogeq.integrators._force`).
+        z0: initial state, shape (batch, ...), finite, floating or complex.
+        method: a name in `METHODS` or an `Integrator` instance.
+        tol: force-residual tolerance ||F(z)|| / ||z|| per sample (> 0).
+        max_steps: loop iterations; default the method's `default_max_steps`.
+        **options: the method's constructor arguments (with a name) and the loop's options
+            `blowup`, `cycle_min_tail`, `progress`.
+
+    Returns:
+        A `SettleResult`: per-sample status and residual, NFE, steps, continuous time, trace, wall.
+    """
+    integrator, loop_opts = make_method(method, options)
+    steps = integrator.default_max_steps if max_steps is None else max_steps
+    return run(integrator, force, z0, LoopOptions(tol=tol, max_steps=steps, **loop_opts))

@@ -30,6 +30,8 @@ class StepState:
     * `rejected` (b,) long: steps rejected so far (adaptive methods).
     * `stalled` (b,) bool: set by a method that cannot make progress on a sample (e.g. Anderson);
       the loop ends that sample with Status.STALLED.
+    * `settled` (b,) bool: set by a stochastic method whose time-averaged residual reached its noise
+      floor; the loop ends that sample as CONVERGED although the instantaneous residual is above tol.
     * `extra`: method-specific tensors, each with leading batch dimension (histories, best iterate).
     """
 
@@ -39,6 +41,7 @@ class StepState:
     eps: Tensor
     rejected: Tensor
     stalled: Tensor
+    settled: Tensor
     extra: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
@@ -53,6 +56,7 @@ class StepState:
             eps=eps_t,
             rejected=torch.zeros(b, dtype=torch.long, device=z.device),
             stalled=torch.zeros(b, dtype=torch.bool, device=z.device),
+            settled=torch.zeros(b, dtype=torch.bool, device=z.device),
             extra=dict(extra),
         )
 
@@ -65,6 +69,12 @@ class StepState:
         extra = {k[6:]: v for k, v in values.items() if k.startswith("extra.")}
         base = {k: v for k, v in values.items() if not k.startswith("extra.")}
         return StepState(**base, extra=extra)
+
+    def replace(self, **changes: Tensor) -> StepState:
+        """A copy with some fields changed (e.g. `state.replace(z=z, f=f, t=t)`)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return StepState(**values)
 
     def take(self, index: Tensor) -> StepState:
         """The rows `index` of every tensor."""

@@ -26,5 +26,4 @@ class ExplicitEuler(Integrator):
     def step(self, force: CountedForce, state: StepState) -> StepState:
         eps = state.eps.view(-1, *([1] * (state.z.ndim - 1))).to(state.z.dtype)
         z = state.z + eps * state.f
-        return StepState(z, force(z), state.t + state.eps, state.eps, state.rejected,
-                         state.stalled, state.extra)
+        return state.replace(z=z, f=force(z), t=state.t + state.eps)

@@ -42,5 +42,4 @@ class IMEXEuler(Integrator):
         # N(z_n) = F(z_n) + leak z_n, from the F the loop already holds: no extra evaluation.
         n_z = state.f + leak * state.z
         z = (state.z + eps * n_z) / (1 + eps * leak)
-        return StepState(z, force(z), state.t + state.eps, state.eps, state.rejected,
-                         state.stalled, state.extra)
+        return state.replace(z=z, f=force(z), t=state.t + state.eps)

@@ -80,6 +80,17 @@ class StepState:
         """The rows `index` of every tensor."""
         return self._rebuild({k: v.index_select(0, index) for k, v in self._tensors().items()})
 
+    def merge(self, new: StepState, keep: Tensor) -> StepState:
+        """`new` for the whole batch, except rows where `keep` (b,) is True keep their old values."""
+        mine, theirs = self._tensors(), new._tensors()
+        if mine.keys() != theirs.keys():
+            raise RuntimeError(f"state fields changed during a step: {mine.keys() ^ theirs.keys()}")
+        out = {}
+        for k, old in mine.items():
+            mask = keep.view(-1, *([1] * (old.ndim - 1)))
+            out[k] = torch.where(mask, old, theirs[k].to(old.dtype))
+        return self._rebuild(out)
+
     def put(self, index: Tensor, sub: StepState, keep: Tensor | None = None) -> StepState:
         """Write `sub` into rows `index`; rows where `keep` (k,) is True keep their old values.
 

@@ -105,7 +105,8 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     res = torch.where(finite0, res, torch.full_like(res, float("inf")))
     steps_per_sample = torch.zeros(batch, dtype=torch.long, device=z0.device)
 
-    hist_res, hist_t = [res.clone()], [state.t.clone()]
+    hist_res, hist_t, hist_nfe = [res], [state.t], [counted.calls]
+    nan = torch.full((), float("nan"), dtype=real, device=z0.device)
     hist_step_res: list[Tensor] = []
     hist_eps: list[Tensor] = []
     bar = _progress_bar(options, method.name)
@@ -122,25 +123,29 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         sub = state if whole else state.take(index)
         with torch.no_grad():
             new = method.step(view, sub)
-        r = force_residual(new.z, new.f)
-        ok = (
-            torch.isfinite(new.z).flatten(1).all(1)
-            & torch.isfinite(new.f).flatten(1).all(1)
-            & (torch.linalg.vector_norm(new.z, dim=dims) <= limit[index])
-            & torch.isfinite(r)
-        )
+        # Norms once: a non-finite entry makes its norm non-finite, so they double as the finiteness
+        # check (zn <= limit is False for NaN and inf) without two more passes over the state.
+        zn = torch.linalg.vector_norm(new.z, dim=dims)
+        fn = torch.linalg.vector_norm(new.f, dim=dims)
+        r = fn / zn.clamp_min(torch.finfo(real).tiny)
+        ok = torch.isfinite(fn) & (zn <= limit[index]) & torch.isfinite(r)
         hist_step_res.append(torch.where(ok, step_residual(new.z, sub.z), 0).max())
-        hist_eps.append(new.eps.max() if method.has_time else torch.full((), float("nan"), device=z0.device))
-        state = state.put(index, new, keep=~ok)
+        hist_eps.append(new.eps.max() if method.has_time else nan)
+        state = state.merge(new, keep=~ok) if whole else state.put(index, new, keep=~ok)
         sub_code = torch.where(~ok, _CODES[Status.DIVERGED], _RUNNING)
         sub_code = torch.where(ok & new.stalled, _CODES[Status.STALLED], sub_code)
         done = ok & ((r <= options.tol) | new.settled)
         sub_code = torch.where(done, _CODES[Status.CONVERGED], sub_code)
-        code = code.index_copy(0, index, sub_code)
-        res = res.index_copy(0, index, torch.where(ok, r, res[index]))
-        steps_per_sample = steps_per_sample.index_add(0, index, torch.ones_like(index))
-        hist_res.append(res.clone())
-        hist_t.append(state.t.clone())
+        if whole:
+            code, res = sub_code, torch.where(ok, r, res)
+            steps_per_sample = steps_per_sample + 1
+        else:
+            code = code.index_copy(0, index, sub_code)
+            res = res.index_copy(0, index, torch.where(ok, r, res[index]))
+            steps_per_sample = steps_per_sample.index_add(0, index, torch.ones_like(index))
+        hist_res.append(res)
+        hist_t.append(state.t)
+        hist_nfe.append(counted.calls)
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"residual {float(res.max()):.2e} active {index.numel()}")
@@ -175,6 +180,7 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     info = dict(method.info(state))
     info["rejected_steps"] = int(state.rejected.sum())
     info["precision_floor"] = float(precision)
+    info["tol"] = options.tol
     trace = Trace(
         residual=sample_res.max(dim=1).values,
         step_residual=to_cpu(torch.stack(hist_step_res)).double() if hist_step_res else torch.zeros(0),
@@ -182,6 +188,7 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         time=to_cpu(torch.stack(hist_t)).double().max(dim=1).values if method.has_time else None,
         sample_residual=sample_res,
         sample_time=to_cpu(torch.stack(hist_t)).double() if method.has_time else None,
+        nfe=torch.tensor(hist_nfe, dtype=torch.long),
     )
     return SettleResult(
         z=z_out,

@@ -80,6 +80,8 @@ class Trace:
     * `time`: (n+1,) largest continuous time reached; None for root-finders.
     * `sample_residual`: (n+1, batch) force residual of every sample at every step.
     * `sample_time`: (n+1, batch) continuous time of every sample; None for root-finders.
+    * `nfe`: (n+1,) cumulative force evaluations after each step (x-axis for comparing methods
+      whose steps cost different numbers of evaluations).
     """
 
     residual: Tensor
@@ -88,6 +90,7 @@ class Trace:
     time: Tensor | None
     sample_residual: Tensor
     sample_time: Tensor | None
+    nfe: Tensor
 
 
 @dataclass(frozen=True)

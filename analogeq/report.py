@@ -1,0 +1,92 @@
+"""Tables and figures for settle results: what `analogeq settle` and `analogeq compare` show."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .integrators import SettleResult
+
+
+def result_row(label: str, result: SettleResult) -> dict[str, Any]:
+    """The figures of one settle as a flat, JSON-friendly dict."""
+    t = None if result.t is None else float(result.t.max())
+    return {
+        "method": label,
+        "status": str(result.status),
+        "nfe": result.nfe,
+        "steps": result.steps,
+        "force_residual": float(result.residual.max()),
+        "time": t,
+        "wall_s": result.wall_time,
+        "sample_status": [str(s) for s in result.sample_status],
+    }
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Render rows as an aligned text table. `columns`: (key, header, format spec)."""
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, spec in columns:
+            value = row.get(key)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                line.append("-")
+            else:
+                line.append(format(value, spec))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    out = []
+    for k, r in enumerate(cells):
+        out.append("  ".join(c.rjust(w) if k and i else c.ljust(w) for i, (c, w) in
+                             enumerate(zip(r, widths, strict=True))))
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+SETTLE_COLUMNS = (
+    ("method", "method", "s"),
+    ("status", "status", "s"),
+    ("nfe", "NFE", "d"),
+    ("steps", "steps", "d"),
+    ("force_residual", "force residual", ".2e"),
+    ("time", "time (tau)", ".3g"),
+    ("wall_s", "wall (s)", ".3f"),
+)
+
+
+def plot_residuals(results: dict[str, SettleResult], path: str | Path, title: str = "") -> Path:
+    """Force residual (max over the batch) vs force evaluations, and vs continuous time.
+
+    Two panels because root-finders have no time: NFE is the axis every method shares.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_nfe, ax_t) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for label, res in results.items():
+        y = res.trace.residual.clamp_min(1e-300).numpy()
+        ax_nfe.semilogy(res.trace.nfe.numpy(), y, label=f"{label} ({res.status})")
+        if res.trace.time is not None:
+            ax_t.semilogy(res.trace.time.numpy(), y, label=label)
+    tol = min((float(r.info.get("tol", math.nan)) for r in results.values()), default=math.nan)
+    for ax, xlabel in ((ax_nfe, "force evaluations"), (ax_t, "continuous time (units of tau)")):
+        if not math.isnan(tol):
+            ax.axhline(tol, color="grey", ls=":", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("force residual ||F(z)|| / ||z||")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_nfe.legend(fontsize=8)
+    ax_t.set_title("methods with continuous time", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

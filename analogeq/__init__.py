@@ -1,3 +1,11 @@
-"""analogeq: equilibrium transformers on analog hardware: simulate, probe, train, co-design."""
+"""analogeq: equilibrium transformers on analog hardware: simulate, probe, train, co-design.
+
+Layers (DESIGN.md): `analogeq.integrators` settles any vector field; `analogeq.circuits` models the
+hardware; this package holds the model, built-in systems, reports and the CLI.
+"""
+
+from .model import BlockForce, EquilibriumTransformer, ModelConfig
 
 __version__ = "0.1.0"
+
+__all__ = ["BlockForce", "EquilibriumTransformer", "ModelConfig", "__version__"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +41,9 @@ class LoopOptions:
     * `blowup`: a sample whose ||z|| exceeds blowup * (||z0|| + ||F(z0)||) is DIVERGED.
     * `cycle_min_tail`: a residual tail shorter than 2 * cycle_min_tail is never called a cycle.
     * `progress`: show a tqdm bar with the residual.
+    * `observer`: optional `observer(z, index) -> (k,)` recorded after every step in
+      `trace.observed` (e.g. the power a circuit dissipates at z); `z` holds the samples `index`
+      (a 1-D LongTensor into the batch, or None for the whole batch). Not counted as an NFE.
     """
 
     tol: float
@@ -47,6 +51,7 @@ class LoopOptions:
     blowup: float = 1e6
     cycle_min_tail: int = 50
     progress: bool = False
+    observer: Callable[[Tensor, Tensor | None], Tensor] | None = None
 
     def __post_init__(self) -> None:
         check_positive("tol", self.tol)
@@ -55,9 +60,11 @@ class LoopOptions:
         check_range("cycle_min_tail", self.cycle_min_tail, 2, 10**9, integer=True)
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress must be a bool, got {type(self.progress).__name__}")
+        if self.observer is not None and not callable(self.observer):
+            raise TypeError(f"observer must be callable(z, index), got {type(self.observer).__name__}")
 
 
-LOOP_OPTIONS = ("blowup", "cycle_min_tail", "progress")
+LOOP_OPTIONS = ("blowup", "cycle_min_tail", "progress", "observer")
 
 
 def check_initial_state(z0: Any) -> Tensor:
@@ -106,6 +113,8 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     steps_per_sample = torch.zeros(batch, dtype=torch.long, device=z0.device)
 
     hist_res, hist_t, hist_nfe = [res], [state.t], [counted.calls]
+    observe = options.observer
+    hist_obs = [_observe(observe, state.z, None, batch)] if observe is not None else []
     nan = torch.full((), float("nan"), dtype=real, device=z0.device)
     hist_step_res: list[Tensor] = []
     hist_eps: list[Tensor] = []
@@ -146,6 +155,11 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         hist_res.append(res)
         hist_t.append(state.t)
         hist_nfe.append(counted.calls)
+        if observe is not None:
+            seen = _observe(observe, new.z, None if whole else index, index.numel())
+            last = hist_obs[-1]
+            hist_obs.append(torch.where(ok, seen, last) if whole else
+                            last.index_copy(0, index, torch.where(ok, seen, last[index])))
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"residual {float(res.max()):.2e} active {index.numel()}")
@@ -189,6 +203,7 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         sample_residual=sample_res,
         sample_time=to_cpu(torch.stack(hist_t)).double() if method.has_time else None,
         nfe=torch.tensor(hist_nfe, dtype=torch.long),
+        observed=to_cpu(torch.stack(hist_obs)).double() if hist_obs else None,
     )
     return SettleResult(
         z=z_out,
@@ -206,6 +221,13 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         method=method.name,
         info=info,
     )
+
+
+def _observe(observer: Callable, z: Tensor, index: Tensor | None, k: int) -> Tensor:
+    value = observer(z, index)
+    if not isinstance(value, Tensor) or value.shape != (k,):
+        raise ValueError(f"observer must return a tensor of shape ({k},), one value per sample")
+    return value.detach()
 
 
 def _progress_bar(options: LoopOptions, name: str) -> Any:

@@ -82,6 +82,7 @@ class Trace:
     * `sample_time`: (n+1, batch) continuous time of every sample; None for root-finders.
     * `nfe`: (n+1,) cumulative force evaluations after each step (x-axis for comparing methods
       whose steps cost different numbers of evaluations).
+    * `observed`: (n+1, batch) values of the settle's `observer` at every step, or None.
     """
 
     residual: Tensor
@@ -91,6 +92,7 @@ class Trace:
     sample_residual: Tensor
     sample_time: Tensor | None
     nfe: Tensor
+    observed: Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from ._force import CountedForce, force_residual, has_split, step_residual
 from ._result import CycleReport, SettleResult, Status, Trace
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
+from .implicit import ImplicitEuler
 from .settle import METHODS, register, settle
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "has_split",
     "ExplicitEuler",
     "IMEXEuler",
+    "ImplicitEuler",
 ]

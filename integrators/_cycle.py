@@ -25,6 +25,8 @@ _DIRECTION_NOISE = 1e-7
 # A tail whose relative spread is below this is flat: a constant residual above tol on a moving
 # state (e.g. a rotation-symmetric orbit), which is a cycle whose residual does not oscillate.
 _FLAT_SPREAD = 1e-6
+# A bounded orbit's largest ||z|| repeats; growth beyond this factor over half a tail is a runaway.
+_RUNAWAY = 1.5
 
 
 def detect_cycle(
@@ -34,6 +36,7 @@ def detect_cycle(
     tail_fraction: float = 0.5,
     floor_ratio: float = 0.9,
     min_oscillations: int = 2,
+    state_norm: Tensor | np.ndarray | Sequence[float] | None = None,
 ) -> CycleReport:
     """Judge the tail of a 1-D force-residual trace.
 
@@ -43,6 +46,10 @@ def detect_cycle(
         tail_fraction: fraction of the trace used as the tail when it is longer than `2 * min_tail`.
         floor_ratio: envelope ratio above which the tail counts as a floor (0 < floor_ratio <= 1).
         min_oscillations: full oscillations (pairs of direction changes) a tail needs to be a cycle.
+        state_norm: optional ||z|| per step, same length as `trace`. A cycle is bounded: a tail
+            whose state norm keeps growing (max of the second half > `_RUNAWAY` x the first half's)
+            is a runaway (e.g. along an unstable real direction, where ||F|| / ||z|| goes flat at
+            the eigenvalue), never a cycle.
 
     Returns:
         A `CycleReport`; `is_cycle` is True for a floored tail that oscillates (or stays exactly flat).
@@ -54,6 +61,13 @@ def detect_cycle(
         raise ValueError(f"tail_fraction must be in (0, 1], got {tail_fraction}")
     if not 0.0 < floor_ratio <= 1.0:
         raise ValueError(f"floor_ratio must be in (0, 1], got {floor_ratio}")
+    if isinstance(min_oscillations, bool) or not isinstance(min_oscillations, int):
+        raise TypeError(f"min_oscillations must be an integer, got {type(min_oscillations).__name__}")
+    if min_oscillations < 1:
+        raise ValueError(f"min_oscillations must be >= 1, got {min_oscillations}")
+    norms = None if state_norm is None else _as_numpy(state_norm)
+    if norms is not None and norms.size != r.size:
+        raise ValueError(f"state_norm must have the trace's length {r.size}, got {norms.size}")
     n = r.size
     length = min(n, max(2 * min_tail, int(tail_fraction * n)))
     if n < 2 * min_tail:
@@ -74,6 +88,12 @@ def detect_cycle(
     if decay < floor_ratio:
         reason = f"envelope still decaying (ratio {decay:.3g} < {floor_ratio})"
         return CycleReport(False, floor, amplitude, period, monotone, decay, length, reason)
+    if norms is not None:
+        tail_norm = norms[-length:]
+        growth = tail_norm[half:].max() / max(tail_norm[:half].max(), np.finfo(float).tiny)
+        if growth > _RUNAWAY:
+            reason = f"state running away (||z|| grew {growth:.3g}x over the tail): not bounded"
+            return CycleReport(False, floor, amplitude, period, monotone, decay, length, reason)
     if flat:
         reason = "flat floor: constant residual above tol on a moving state"
         return CycleReport(True, floor, amplitude, None, False, decay, length, reason)

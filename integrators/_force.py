@@ -115,7 +115,7 @@ class CountedForce:
 
     def nonlinear(self, z: Tensor) -> Tensor:
         """N(z) = F(z) + leak * z on this view's samples; counted as one force evaluation."""
-        if has_split(self._force):
+        if has_split(self._force) and (self._force is not self._root or self._index is None):
             return self._checked(self._force.nonlinear(z), z, "nonlinear")
         if not has_split(self._root):
             _ = self.leak  # raises the explanatory TypeError
@@ -186,8 +186,10 @@ class _Counter:
         self.per_sample = torch.zeros(batch, dtype=torch.long, device=device)
 
     def add(self, index: Tensor | None, k: int) -> None:
+        # Out of place: inside torch.func transforms (jvp/vjp through the force) in-place updates
+        # of a captured tensor are refused.
         self.calls += 1
         if index is None:
-            self.per_sample += 1
+            self.per_sample = self.per_sample + 1
         else:
-            self.per_sample.index_add_(0, index, torch.ones_like(index))
+            self.per_sample = self.per_sample.index_add(0, index, torch.ones_like(index))

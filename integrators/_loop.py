@@ -113,6 +113,8 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     steps_per_sample = torch.zeros(batch, dtype=torch.long, device=z0.device)
 
     hist_res, hist_t, hist_nfe = [res], [state.t], [counted.calls]
+    norm = torch.linalg.vector_norm(state.z, dim=dims).to(real)
+    hist_norm = [norm]
     observe = options.observer
     hist_obs = [_observe(observe, state.z, None, batch)] if observe is not None else []
     nan = torch.full((), float("nan"), dtype=real, device=z0.device)
@@ -154,6 +156,9 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
             steps_per_sample = steps_per_sample.index_add(0, index, torch.ones_like(index))
         hist_res.append(res)
         hist_t.append(state.t)
+        norm = (torch.where(ok, zn, norm) if whole
+                else norm.index_copy(0, index, torch.where(ok, zn, norm[index])))
+        hist_norm.append(norm)
         hist_nfe.append(counted.calls)
         if observe is not None:
             seen = _observe(observe, new.z, None if whole else index, index.numel())
@@ -167,6 +172,7 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         bar.close()
 
     sample_res = to_cpu(torch.stack(hist_res)).to(torch.float64)
+    sample_norm = to_cpu(torch.stack(hist_norm)).to(torch.float64)
     final_codes = code.tolist()
     statuses: list[Status] = []
     cycles: list[CycleReport | None] = []
@@ -176,9 +182,11 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
             statuses.append(Status.CONVERGED)
             cycles.append(None)
             continue
-        tail = sample_res[: int(steps_per_sample[i]) + 1, i]
-        tail = tail[torch.isfinite(tail)]
-        report = detect_cycle(tail, min_tail=options.cycle_min_tail)
+        n_i = int(steps_per_sample[i]) + 1
+        tail, tail_norm = sample_res[:n_i, i], sample_norm[:n_i, i]
+        finite = torch.isfinite(tail)
+        report = detect_cycle(tail[finite], min_tail=options.cycle_min_tail,
+                              state_norm=tail_norm[finite])
         cycles.append(report)
         if c != _RUNNING:
             statuses.append(_STATUSES[c])
@@ -204,6 +212,7 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         sample_time=to_cpu(torch.stack(hist_t)).double() if method.has_time else None,
         nfe=torch.tensor(hist_nfe, dtype=torch.long),
         observed=to_cpu(torch.stack(hist_obs)).double() if hist_obs else None,
+        sample_state_norm=sample_norm,
     )
     return SettleResult(
         z=z_out,

@@ -83,6 +83,8 @@ class Trace:
     * `nfe`: (n+1,) cumulative force evaluations after each step (x-axis for comparing methods
       whose steps cost different numbers of evaluations).
     * `observed`: (n+1, batch) values of the settle's `observer` at every step, or None.
+    * `sample_state_norm`: (n+1, batch) ||z|| of every sample at every step (a cycle is bounded,
+      a runaway is not).
     """
 
     residual: Tensor
@@ -93,6 +95,7 @@ class Trace:
     sample_time: Tensor | None
     nfe: Tensor
     observed: Tensor | None = None
+    sample_state_norm: Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,17 @@ from ._loop import LOOP_OPTIONS, LoopOptions, run
 from ._result import SettleResult
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
+from .implicit import ImplicitEuler
 
 METHODS: dict[str, type[Integrator]] = {
     "euler": ExplicitEuler,
     "imex": IMEXEuler,
+    "implicit": ImplicitEuler,
 }
 
 # Methods in modules being written (resolved on first use, then moved into METHODS by wiring).
 _PENDING: dict[str, tuple[str, str]] = {
     "adaptive": ("adaptive", "AdaptiveEuler"),
-    "implicit": ("implicit", "ImplicitEuler"),
     "anderson": ("anderson", "Anderson"),
     "ode": ("ode", "ODESolver"),
     "euler-maruyama": ("maruyama", "EulerMaruyama"),

@@ -8,6 +8,8 @@ from ._base import Integrator, StepState
 from ._cycle import detect_cycle
 from ._force import CountedForce, force_residual, has_split, step_residual
 from ._result import CycleReport, SettleResult, Status, Trace
+from .adaptive import AdaptiveEuler
+from .controllers import PI, Controller, Overshoot
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
 from .implicit import ImplicitEuler
@@ -29,6 +31,10 @@ __all__ = [
     "step_residual",
     "has_split",
     "ExplicitEuler",
+    "AdaptiveEuler",
+    "Controller",
+    "Overshoot",
+    "PI",
     "IMEXEuler",
     "ImplicitEuler",
 ]

@@ -18,6 +18,10 @@ from torch import Tensor
 
 from ._force import CountedForce
 
+# Below this many machine epsilons (of the state's real dtype) a force-residual floor is rounding
+# noise, not dynamics: the loop calls such a floor STALLED, controllers treat it as noise.
+PRECISION_FLOOR_EPS = 16
+
 
 @dataclass
 class StepState:
@@ -70,7 +74,7 @@ class StepState:
         base = {k: v for k, v in values.items() if not k.startswith("extra.")}
         return StepState(**base, extra=extra)
 
-    def replace(self, **changes: Tensor) -> StepState:
+    def replace(self, **changes: Tensor | dict[str, Tensor]) -> StepState:
         """A copy with some fields changed (e.g. `state.replace(z=z, f=f, t=t)`)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Integrator, StepState, check_positive, check_range
+from ._base import PRECISION_FLOOR_EPS, Integrator, StepState, check_positive, check_range
 from ._cycle import detect_cycle
 from ._force import CountedForce, force_residual, step_residual
 from ._result import CycleReport, SettleResult, Status, Trace, to_cpu, worst_status
@@ -28,8 +28,6 @@ from ._result import CycleReport, SettleResult, Status, Trace, to_cpu, worst_sta
 _RUNNING = -1
 _CODES = {s: i for i, s in enumerate(Status)}
 _STATUSES = list(Status)
-# Below this many machine epsilons a residual floor is rounding noise, not dynamics.
-_PRECISION_FLOOR_EPS = 16
 
 
 @dataclass(frozen=True)
@@ -141,7 +139,8 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         r = fn / zn.clamp_min(torch.finfo(real).tiny)
         ok = torch.isfinite(fn) & (zn <= limit[index]) & torch.isfinite(r)
         hist_step_res.append(torch.where(ok, step_residual(new.z, sub.z), 0).max())
-        hist_eps.append(new.eps.max() if method.has_time else nan)
+        # The step actually taken (after any shrink or retry), not the next proposal in new.eps.
+        hist_eps.append(torch.where(ok, new.t - sub.t, 0).max() if method.has_time else nan)
         state = state.merge(new, keep=~ok) if whole else state.put(index, new, keep=~ok)
         sub_code = torch.where(~ok, _CODES[Status.DIVERGED], _RUNNING)
         sub_code = torch.where(ok & new.stalled, _CODES[Status.STALLED], sub_code)
@@ -176,7 +175,7 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     final_codes = code.tolist()
     statuses: list[Status] = []
     cycles: list[CycleReport | None] = []
-    precision = _PRECISION_FLOOR_EPS * torch.finfo(real).eps
+    precision = PRECISION_FLOOR_EPS * torch.finfo(real).eps
     for i, c in enumerate(final_codes):
         if c == _CODES[Status.CONVERGED]:
             statuses.append(Status.CONVERGED)

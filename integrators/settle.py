@@ -15,19 +15,20 @@ from torch import Tensor
 from ._base import Integrator
 from ._loop import LOOP_OPTIONS, LoopOptions, run
 from ._result import SettleResult
+from .adaptive import AdaptiveEuler
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
 from .implicit import ImplicitEuler
 
 METHODS: dict[str, type[Integrator]] = {
     "euler": ExplicitEuler,
+    "adaptive": AdaptiveEuler,
     "imex": IMEXEuler,
     "implicit": ImplicitEuler,
 }
 
 # Methods in modules being written (resolved on first use, then moved into METHODS by wiring).
 _PENDING: dict[str, tuple[str, str]] = {
-    "adaptive": ("adaptive", "AdaptiveEuler"),
     "anderson": ("anderson", "Anderson"),
     "ode": ("ode", "ODESolver"),
     "euler-maruyama": ("maruyama", "EulerMaruyama"),

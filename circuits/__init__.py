@@ -2,3 +2,46 @@
 
 Knows nothing of the transformer model (DESIGN.md); may import analogeq.integrators.
 """
+
+from .crossbar import AnalogLinear, Crossbar, PulseResult
+from .devices import (
+    PRESETS,
+    DeviceArray,
+    DeviceModel,
+    Drift,
+    ProgrammingNoise,
+    PulseResponse,
+    ReadNoise,
+    ecram,
+    ideal,
+    pcm,
+    preset,
+    rram,
+)
+from .noise import OUProcess, derive_generator, make_generator
+from .periphery import ADC, DAC, Amplifier, Quantizer
+
+__all__ = [
+    "AnalogLinear",
+    "Crossbar",
+    "PulseResult",
+    "DeviceModel",
+    "DeviceArray",
+    "ProgrammingNoise",
+    "ReadNoise",
+    "Drift",
+    "PulseResponse",
+    "PRESETS",
+    "ideal",
+    "pcm",
+    "rram",
+    "ecram",
+    "preset",
+    "OUProcess",
+    "make_generator",
+    "derive_generator",
+    "DAC",
+    "ADC",
+    "Amplifier",
+    "Quantizer",
+]

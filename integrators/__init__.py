@@ -13,6 +13,8 @@ from .controllers import PI, Controller, Overshoot
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
 from .implicit import ImplicitEuler
+from .maruyama import EulerMaruyama
+from .ode import ODESolver
 from .settle import METHODS, register, settle
 
 __all__ = [
@@ -37,4 +39,6 @@ __all__ = [
     "PI",
     "IMEXEuler",
     "ImplicitEuler",
+    "ODESolver",
+    "EulerMaruyama",
 ]

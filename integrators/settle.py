@@ -19,19 +19,21 @@ from .adaptive import AdaptiveEuler
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
 from .implicit import ImplicitEuler
+from .maruyama import EulerMaruyama
+from .ode import ODESolver
 
 METHODS: dict[str, type[Integrator]] = {
     "euler": ExplicitEuler,
     "adaptive": AdaptiveEuler,
     "imex": IMEXEuler,
     "implicit": ImplicitEuler,
+    "ode": ODESolver,
+    "euler-maruyama": EulerMaruyama,
 }
 
 # Methods in modules being written (resolved on first use, then moved into METHODS by wiring).
 _PENDING: dict[str, tuple[str, str]] = {
     "anderson": ("anderson", "Anderson"),
-    "ode": ("ode", "ODESolver"),
-    "euler-maruyama": ("maruyama", "EulerMaruyama"),
 }
 
 
@@ -54,9 +56,17 @@ def register(name: str, cls: type[Integrator]) -> None:
     METHODS[name] = cls
 
 
+# settle's own parameter names: a method argument of the same name is reached through an alias
+# (e.g. ODESolver(method="dopri8") is settle(..., "ode", solver="dopri8")).
+_ALIASES: dict[type[Integrator], dict[str, str]] = {ODESolver: {"solver": "method"}}
+_SETTLE_PARAMS = {"force", "z0", "method", "tol", "max_steps"}
+
+
 def _method_params(cls: type[Integrator]) -> list[str]:
     params = inspect.signature(cls.__init__).parameters
-    return [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    names = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    aliases = {target: alias for alias, target in _ALIASES.get(cls, {}).items()}
+    return [aliases.get(p, p) for p in names if p not in _SETTLE_PARAMS or p in aliases]
 
 
 def make_method(method: str | Integrator, options: dict[str, Any]) -> tuple[Integrator, dict]:
@@ -86,6 +96,9 @@ def make_method(method: str | Integrator, options: dict[str, Any]) -> tuple[Inte
             f"unknown option(s) {unknown} for method {method!r}; allowed: "
             f"{sorted(allowed)} (method) and {sorted(LOOP_OPTIONS)} (settle)"
         )
+    for alias, target in _ALIASES.get(cls, {}).items():
+        if alias in method_opts:
+            method_opts[target] = method_opts.pop(alias)
     return cls(**method_opts), loop_opts
 
 

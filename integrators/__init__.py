@@ -9,6 +9,7 @@ from ._cycle import detect_cycle
 from ._force import CountedForce, force_residual, has_split, step_residual
 from ._result import CycleReport, SettleResult, Status, Trace
 from .adaptive import AdaptiveEuler
+from .anderson import Anderson
 from .controllers import PI, Controller, Overshoot
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
@@ -39,6 +40,7 @@ __all__ = [
     "PI",
     "IMEXEuler",
     "ImplicitEuler",
+    "Anderson",
     "ODESolver",
     "EulerMaruyama",
 ]

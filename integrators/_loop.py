@@ -85,7 +85,9 @@ def check_initial_state(z0: Any) -> Tensor:
 
 def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> SettleResult:
     """Settle `force` from `z0` with `method`; see `settle` for the meaning of the result."""
-    z0 = check_initial_state(z0)
+    # Detached (the settle is not differentiated; gradients come from the learning estimators)
+    # and contiguous (forward-mode JVPs refuse expanded, stride-0 states).
+    z0 = check_initial_state(z0).detach().contiguous()
     wall0 = time.perf_counter()
     counted = CountedForce(force, z0)
     if method.needs_split and not counted.has_split:

@@ -16,6 +16,7 @@ from ._base import Integrator
 from ._loop import LOOP_OPTIONS, LoopOptions, run
 from ._result import SettleResult
 from .adaptive import AdaptiveEuler
+from .anderson import Anderson
 from .euler import ExplicitEuler
 from .imex import IMEXEuler
 from .implicit import ImplicitEuler
@@ -27,27 +28,10 @@ METHODS: dict[str, type[Integrator]] = {
     "adaptive": AdaptiveEuler,
     "imex": IMEXEuler,
     "implicit": ImplicitEuler,
+    "anderson": Anderson,
     "ode": ODESolver,
     "euler-maruyama": EulerMaruyama,
 }
-
-# Methods in modules being written (resolved on first use, then moved into METHODS by wiring).
-_PENDING: dict[str, tuple[str, str]] = {
-    "anderson": ("anderson", "Anderson"),
-}
-
-
-def _resolve_pending() -> None:
-    import importlib
-
-    for name, (module, cls) in list(_PENDING.items()):
-        try:
-            mod = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError:
-            continue
-        METHODS[name] = getattr(mod, cls)
-        del _PENDING[name]
-
 
 def register(name: str, cls: type[Integrator]) -> None:
     """Make a method available by name (for methods defined outside this package)."""
@@ -80,7 +64,6 @@ def make_method(method: str | Integrator, options: dict[str, Any]) -> tuple[Inte
                 f"configure the instance instead; settle options are {sorted(LOOP_OPTIONS)}"
             )
         return method, loop_opts
-    _resolve_pending()
     if not isinstance(method, str):
         raise TypeError(
             f"method must be a name ({', '.join(sorted(METHODS))}) or an Integrator instance, "

@@ -1,0 +1,407 @@
+"""Anderson acceleration on the Picard map of the force: the default `settle` method.
+
+A root-finder, not a time stepper: it looks for F(z) = 0 and has no continuous time (`t` is None).
+It finds a root much faster than a relaxation, also where a coarse Euler step cycles (a stiff
+rotating mode), but it cannot create a stable root (DOMAIN.md section 4): when none exists its best
+residual stops improving and the sample ends STALLED with the best point it found as `z` (DOMAIN.md
+section 3, lesson 3: the eigenvalues at that point say why). A root it finds need not be stable
+for the continuous dynamics; the probes decide that.
+
+The map. Per entry G(z) = z + h F(z), computed from the F the loop already holds (one force
+evaluation per iteration, FSAL):
+* plain force: h = eps, the explicit-Euler map. Default eps = 0.3: the scale of F is unknown, and
+  Anderson with a small memory needs a Picard map that does not expand much (|1 + h mu| of order
+  one for the leading Jacobian eigenvalues mu); 0.3 suits forces like DOMAIN.md's with leak 2
+  (measured on the systems below without their split: 0.1 and 0.2 cost up to 2x more evaluations
+  on the blocks, 0.5 lost a rotor sample; a rotation-dominated linear system needs eps <= 0.3).
+* force with the split F = -leak z + N(z): the IMEX Picard map G(z) = (z + eps N(z)) / (1 + eps
+  leak), which is identically z + h F(z) with h = eps / (1 + eps leak) = 1 / (1/eps + leak), so it
+  is computed that way (no cancellation in z + eps N for large eps). eps -> inf gives the classic
+  DEQ map N(z) / leak. The default eps = 0.5 (h = 0.25 for leak 2, ~1e-3 for a leak of 1000) was
+  chosen by measurement on random leak-2 transformer blocks (benchmarks/operators.py, gain 1 and
+  3, float32), saturating rotors whose rotation dominates the leak (a = 1, b = 5 and 8; 128
+  samples), a stiff linear system (leak 1000) and a contractive tanh network: eps = inf left 55 of
+  the 128 rotor samples stalled (h = 1 / leak overshoots, |1 + h mu| ~ 5), eps = 1 one, eps = 0.5
+  none, at <= 11 % more evaluations than eps = inf on the blocks.
+
+One iteration, per sample (Type-II Anderson, the DEQ formulation):
+    x_k and r_k = h F(x_k) join a ring of the last m pairs;
+    alpha = argmin ||sum_i alpha_i r_i||^2 + lam sum_i |alpha_i|^2 ||r_i||^2, sum_i alpha_i = 1
+    x_{k+1} = sum_i alpha_i (x_i + beta s r_i)        (beta = damping, s = per-sample gain scale)
+The constrained least squares is solved by its bordered (m+1) x (m+1) system in scaled variables:
+with w_i = ||r_i||, unit residuals u_i = r_i / w_i and d_i = min(w) / w_i, alpha = d * gamma where
+    [[0, d^T], [d, C + lam I]] [nu; gamma] = [1; 0],      C_ij = <u_i, u_j> (Hermitian Gram).
+Why scaled: near convergence the history spans decades of residual size and an unscaled Gram
+matrix is ill-conditioned by magnitude alone. The Tikhonov term lam ||r_i||^2 |alpha_i|^2 is
+relative per column (scale invariant) and penalises combinations that cancel large residuals.
+lam = 1e-4 by default, in any dtype: it dominates the rounding of Gram entries in float32, and it
+measured better than weaker values in float64 too (windowed Anderson exploits an ill-conditioned
+Krylov-like history badly; weights bounded by the regularization extrapolate more safely).
+The history ring is written in place and the Gram matrix updated incrementally (one row and
+column per iteration, O(m n)), so an iteration costs a few passes over the state; the bordered
+systems are solved in float64 (complex128) with `torch.linalg.inv_ex` (batched, no host sync).
+Inner products conjugate their first argument, so complex states minimise the true residual norm;
+the root is the same for a holomorphic force (holomorphic EP needs the root, not the path).
+The history is capped at n + 1 pairs (n entries per sample): more are linearly dependent by
+construction and only add a degenerate direction to the least squares.
+
+Safeguards, per sample, without host syncs:
+* restart: when the 1-norm condition number of the scaled, regularized bordered system exceeds
+  `restart_cond`, or the solve fails or gives non-finite weights, the history is cleared and the
+  iteration takes a damped Picard step. The bordered system, not the plain Gram matrix, is measured:
+  the plain Gram matrix is singular for harmless histories (a scalar problem, where Anderson is the
+  secant method) while the constrained problem is well posed. With lam = 1e-4 the condition number
+  stays below ~1e5, so the default threshold 1e8 restarts only after failed solves; measured
+  restarts at lower thresholds only slowed convergence (the regularization already bounds the
+  weights). The threshold matters when `regularization` is set near 0.
+* step cap: one iteration moves at most `_REACH` times ||x_k|| + max_i ||r_i||. Far outside its
+  history the secant model means nothing, and on a saturating force (tanh) an unbounded
+  extrapolation carries the iterate off to where ||F|| / ||z|| only looks small (||z|| is big).
+* rejection: a new iterate whose force is non-finite or whose ||F|| exceeds `_REJECT_GROWTH` times
+  the smallest ||F|| seen is discarded (its evaluation still counts): the sample returns to its best
+  point, its history is cleared and its gain scale s halved (an overshooting map, e.g. a plain force
+  stiffer than 1/eps). Counted in `SettleResult.info["rejected_steps"]`.
+* best iterate: the lowest force residual ||F(z)|| / ||z|| seen is kept and returned by `finalize`.
+* stall and relaxation: progress is a drop of the best force residual or of the smallest ||F||
+  below `_STALL_FACTOR` times its value at the last such drop (both count: ||F|| / ||z|| can rise
+  while a far-away iterate approaches the root). After `stall_patience` iterations without
+  progress the sample relaxes for `stall_patience` iterations: damped Picard steps (no
+  extrapolation) from its best point, its gain scale s halved (for good), following the flow like
+  Euler, which leads out of places where the secant model misleads Anderson (a saturated force, a
+  local minimum of ||F||); then it accelerates again. A relaxation window without progress ends
+  the sample STALLED (Status.STALLED): neither root-finding nor relaxation gets anywhere. Known
+  limit: near a "ghost" (a near-root the flow passes slowly, ||F|| first rising on the way out)
+  both can stall although the flow settles later; STALLED is evidence, the ODE reference decides.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import Integrator, StepState, check_positive, check_range
+from ._force import CountedForce, force_residual
+
+# Default eps of the Picard map without and with the leak split (see the module docstring).
+_PLAIN_EPS = 0.3
+_SPLIT_EPS = 0.5
+# An improvement of the best residual counts for the stall test only if it is at least 10 %.
+# Slower than that over `stall_patience` (50) iterations, i.e. a rate above ~0.998 per iteration,
+# a root-finder is making no progress (and the best residual of a force without a root, bounded
+# below, stops improving by 10 % after finitely many steps).
+_STALL_FACTOR = 0.9
+# A new point whose ||F|| exceeds this factor times the smallest one seen is rejected. Converging
+# runs measured growth below 6 (Anderson is not monotone); a runaway grows without bound.
+_REJECT_GROWTH = 10.0
+# Gain reduction after a rejected step.
+_GAIN_SHRINK = 0.5
+# Longest move of one iteration, in units of the sample's scale ||x_k|| + max_i ||r_i||.
+_REACH = 1.0
+
+
+class Anderson(Integrator):
+    """Anderson acceleration of the Picard map G(z) = z + h F(z); a root-finder (no time).
+
+    States of any shape (batch, ...), real or complex, any device; exactly one force evaluation
+    per iteration. Histories live in `StepState.extra` as (batch, m, n) tensors (n = entries per
+    sample), so memory is about 2 m copies of the state.
+
+    Args:
+        m: history length (>= 1); m = 1 is damped Picard iteration with the safeguards.
+        damping: beta in (0, 1], x_{k+1} = sum alpha_i (x_i + beta r_i).
+        regularization: relative Tikhonov weight lam in [0, 1) on ||r_i||^2 |alpha_i|^2
+            (dimensionless).
+        eps: step of the Picard map, in time units of the force (> 0; inf allowed with the split,
+            the DEQ map N / leak). None: 0.3 for a plain force, 0.5 with the leak split.
+        restart_cond: 1-norm condition number (>= 1, inf allowed) of the scaled, regularized
+            bordered system above which a sample's history is cleared.
+        stall_patience: iterations (>= 1) without a 10 % drop of the best force residual or of
+            the smallest ||F|| after which a sample relaxes, and after which a relaxation phase
+            without such a drop ends it STALLED.
+    """
+
+    name = "anderson"
+    default_max_steps = 500
+    has_time = False
+
+    def __init__(
+        self,
+        m: int = 5,
+        damping: float = 1.0,
+        regularization: float = 1e-4,
+        eps: float | None = None,
+        restart_cond: float = 1e8,
+        stall_patience: int = 50,
+    ):
+        self.m = check_range("m", m, 1, 1000, integer=True)
+        self.damping = _check_half_open("damping", damping, "(0, 1]", lambda v: 0 < v <= 1)
+        self.regularization = _check_half_open(
+            "regularization", regularization, "[0, 1)", lambda v: 0 <= v < 1
+        )
+        self.eps = None if eps is None else check_positive("eps", eps, allow_inf=True)
+        self.restart_cond = check_range("restart_cond", restart_cond, 1.0, math.inf)
+        self.stall_patience = check_range("stall_patience", stall_patience, 1, 10**9, integer=True)
+
+    # -- the map ---------------------------------------------------------------------------------
+    def resolved_eps(self, force: CountedForce) -> float:
+        """The eps in use: the given one, else 0.5 with the leak split and 0.3 without."""
+        if self.eps is not None:
+            return self.eps
+        return _SPLIT_EPS if force.has_split else _PLAIN_EPS
+
+    def _gain(self, force: CountedForce, z: Tensor) -> Tensor | float:
+        """h with G(z) = z + h F(z): a float, or a real tensor broadcastable to z (tensor leak)."""
+        eps = self.resolved_eps(force)
+        if not force.has_split:
+            return eps
+        inv = 0.0 if math.isinf(eps) else 1.0 / eps
+        leak = force.leak
+        if isinstance(leak, Tensor):
+            real = z.real.dtype if z.is_complex() else z.dtype
+            return 1.0 / (inv + leak.to(device=z.device, dtype=real))
+        return 1.0 / (inv + float(leak))
+
+    def _check_gain(self, force: CountedForce) -> None:
+        """The IMEX map needs 1/eps + leak > 0 everywhere (else it divides by <= 0); once a run."""
+        eps = self.resolved_eps(force)
+        if not force.has_split:
+            if math.isinf(eps):
+                raise ValueError(
+                    "eps must be finite for a force without the leak/nonlinear split (eps = inf "
+                    "is the DEQ map N / leak, which needs the split)"
+                )
+            return
+        inv = 0.0 if math.isinf(eps) else 1.0 / eps
+        leak = force.leak
+        if isinstance(leak, Tensor):
+            if leak.is_complex():
+                raise TypeError(f"the force's leak must be real, got dtype {leak.dtype}")
+            ok = bool(((inv + leak) > 0).all())  # one host sync, at init only
+        else:
+            ok = inv + float(leak) > 0
+        if not ok:
+            raise ValueError(
+                f"eps={eps} with this force's leak gives 1/eps + leak <= 0: Anderson's IMEX map "
+                "needs 1/eps + leak > 0 everywhere; pass a finite eps < 1/|min(leak)|"
+            )
+
+    # -- the protocol ----------------------------------------------------------------------------
+    def init(self, force: CountedForce, z0: Tensor, f0: Tensor) -> StepState:
+        """Empty history, best point z0. `StepState.eps` holds the resolved eps. Extra tensors:
+
+        `XR` (b, m, 2n): ring of iterates x and base Picard residuals r = h F(x) side by side
+        (one write and one mixing product for both); `gram` (b, m, m):
+        <r_i, r_j>; `valid` (b, m) bool; `count` (b,) iterations (ring slot = count % m); `scale`
+        (b,) gain scale s; `least_fn` (b,) smallest ||F|| since the last reset; `best_z`,
+        `best_f` like z0; `best_res` (b,) force residual of the best point; `stall_ref`,
+        `stall_fn` (b,) the two at the last 10 % drop; `since` (b,) iterations since then;
+        `relax` (b,) relaxation iterations left; `restarts` (b,).
+        """
+        self._check_gain(force)
+        b, n = z0.shape[0], z0[0].numel()
+        m = min(self.m, n + 1)
+        real = z0.real.dtype if z0.is_complex() else z0.dtype
+        dev = z0.device
+        res0 = force_residual(z0, f0)
+        fn0 = torch.linalg.vector_norm(f0.reshape(b, -1), dim=-1)
+        extra = dict(
+            XR=torch.zeros(b, m, 2 * n, dtype=z0.dtype, device=dev),
+            gram=torch.zeros(b, m, m, dtype=z0.dtype, device=dev),
+            valid=torch.zeros(b, m, dtype=torch.bool, device=dev),
+            count=torch.zeros(b, dtype=torch.long, device=dev),
+            scale=torch.ones(b, dtype=real, device=dev),
+            least_fn=fn0,
+            best_z=z0,
+            best_f=f0,
+            best_res=res0,
+            stall_ref=res0,
+            stall_fn=fn0,
+            since=torch.zeros(b, dtype=torch.long, device=dev),
+            relax=torch.zeros(b, dtype=torch.long, device=dev),
+            restarts=torch.zeros(b, dtype=torch.long, device=dev),
+        )
+        return StepState.start(z0, f0, self.resolved_eps(force), **extra)
+
+    def step(self, force: CountedForce, state: StepState) -> StepState:
+        z, f, ex = state.z, state.f, state.extra
+        b, m = z.shape[0], ex["valid"].shape[1]
+        n = z[0].numel()
+        bcast = (b,) + (1,) * (z.ndim - 1)
+        x = z.reshape(b, -1)
+        r = (self._gain(force, z) * f).reshape(b, -1)
+
+        # Write (x_k, r_k) into the ring slot (in place, see `_ring_write`) and refresh that row
+        # and column of the Gram matrix.
+        slot = ex["count"] % m
+        here = slot.unsqueeze(1) == torch.arange(m, device=z.device)  # (b, m)
+        XR = _ring_write(ex["XR"], slot, torch.cat([x, r], dim=1))
+        R = XR[:, :, n:]
+        g = torch.matmul(R.conj(), r.unsqueeze(-1)).squeeze(-1)  # g_i = <r_i, r_k>, (b, m)
+        gram = torch.where(here.unsqueeze(1), g.unsqueeze(2), ex["gram"])  # column k
+        gram = torch.where(here.unsqueeze(2), g.conj().unsqueeze(1), gram)  # row k
+        valid = ex["valid"] | here
+
+        alpha, cond = mixing_weights(gram, valid, self.regularization)
+        relaxing = ex["relax"] > 0
+        restart = ~relaxing & (~torch.isfinite(cond) | (cond > self.restart_cond))
+        picard = (restart | relaxing).unsqueeze(1)
+        valid = torch.where(picard, here, valid)
+        alpha = torch.where(picard, here.to(alpha.dtype), alpha).to(z.dtype)
+
+        # One product gives sum alpha_i x_i and sum alpha_i r_i. The gain scale enters here only:
+        # the weights are invariant to a common scaling of the r_i, so changing it never
+        # invalidates the history.
+        mixed = (alpha.unsqueeze(1) @ XR).squeeze(1)  # (b, 2n)
+        gain = (self.damping * ex["scale"]).to(z.dtype).unsqueeze(-1)
+        move = mixed[:, :n] - x + gain * mixed[:, n:]
+        length = torch.linalg.vector_norm(move, dim=-1)
+        r2 = gram.diagonal(dim1=-2, dim2=-1).real.masked_fill(~valid, 0)  # ||r_i||^2
+        reach = _REACH * (torch.linalg.vector_norm(x, dim=-1) + r2.amax(-1).sqrt())
+        cut = (reach / length.clamp_min(torch.finfo(length.dtype).tiny)).clamp(max=1.0)
+        z_new = torch.addcmul(x, cut.unsqueeze(-1).to(z.dtype), move).reshape(z.shape)
+        f_new = force(z_new)
+
+        dims = tuple(range(1, z.ndim))
+        zn = torch.linalg.vector_norm(z_new, dim=dims)
+        fn = torch.linalg.vector_norm(f_new, dim=dims)
+        res = fn / zn.clamp_min(torch.finfo(zn.dtype).tiny)
+        finite = torch.isfinite(zn) & torch.isfinite(fn)
+        reject = ~finite | (fn > _REJECT_GROWTH * ex["least_fn"])
+        # A rejected sample goes back to its best point, unless it has none with a finite residual
+        # yet (z0 = 0, where ||F|| / ||z|| is infinite and the loop would call the state diverged):
+        # then a finite new point is kept. Either way the history is cleared and the gain cut.
+        back = reject & (torch.isfinite(ex["best_res"]) | ~finite)
+        scale = torch.where(reject, ex["scale"] * _GAIN_SHRINK, ex["scale"])
+        least_fn = torch.where(back, ex["least_fn"], torch.minimum(ex["least_fn"], fn))
+        least_fn = torch.where(reject & ~back, fn, least_fn)  # a kept point resets the reference
+
+        better = ~back & (res < ex["best_res"])
+        keep = better.view(bcast)
+        best_z = torch.where(keep, z_new, ex["best_z"])
+        best_f = torch.where(keep, f_new, ex["best_f"])
+        best_res = torch.where(better, res, ex["best_res"])
+
+        # Progress is a 10 % drop of the best force residual or of the smallest ||F|| (the relative
+        # residual alone can rise while a far-away iterate approaches the root).
+        down_res = best_res < _STALL_FACTOR * ex["stall_ref"]
+        down_fn = least_fn < _STALL_FACTOR * ex["stall_fn"]
+        stall_ref = torch.where(down_res, best_res, ex["stall_ref"])
+        stall_fn = torch.where(down_fn, least_fn, ex["stall_fn"])
+        since = torch.where(down_res | down_fn, 0, ex["since"] + 1)
+        # No progress for a whole Anderson window: relax (damped Picard steps, no extrapolation,
+        # half the gain) from the best point for a window, then accelerate again. Only a
+        # relaxation window without progress ends the sample STALLED.
+        expired = since >= self.stall_patience
+        enter = expired & ~relaxing
+        relax = torch.where(enter, self.stall_patience, (ex["relax"] - 1).clamp_min(0))
+        since = torch.where(enter, 0, since)
+        scale = torch.where(enter, scale * _GAIN_SHRINK, scale)
+        valid = valid & ~(reject | enter).unsqueeze(1)
+
+        # The best point was not replaced by a rejected one, so it is the way home for both.
+        home = (back | enter).view(bcast)
+        extra = dict(
+            XR=XR, gram=gram, valid=valid, count=ex["count"] + 1, scale=scale,
+            least_fn=least_fn, best_z=best_z, best_f=best_f, best_res=best_res,
+            stall_ref=stall_ref, stall_fn=stall_fn, since=since, relax=relax,
+            restarts=ex["restarts"] + restart.long(),
+        )
+        return state.replace(
+            z=torch.where(home, best_z, z_new),
+            f=torch.where(home, best_f, f_new),
+            rejected=state.rejected + back.long(),
+            stalled=state.stalled | (expired & relaxing),
+            extra=extra,
+        )
+
+    def finalize(self, state: StepState) -> tuple[Tensor, Tensor]:
+        """The lowest-residual iterate of each sample and its force, both like z0."""
+        ex = state.extra
+        now = force_residual(state.z, state.f)
+        take_now = (now <= ex["best_res"]).view((-1,) + (1,) * (state.z.ndim - 1))
+        return (
+            torch.where(take_now, state.z, ex["best_z"]),
+            torch.where(take_now, state.f, ex["best_f"]),
+        )
+
+    def info(self, state: StepState) -> dict[str, Any]:
+        """`restarts` (all samples), `eps` resolved, `history` (ring length after the n + 1 cap),
+        `gain_scale_min` (smallest gain scale s left by rejections)."""
+        ex = state.extra
+        return {
+            "restarts": int(ex["restarts"].sum()),
+            "eps": float(state.eps[0]),
+            "history": int(ex["valid"].shape[1]),
+            "gain_scale_min": float(ex["scale"].min()),
+        }
+
+
+def _ring_write(ring: Tensor, slot: Tensor, rows: Tensor) -> Tensor:
+    """Write rows (b, k) into ring (b, m, k) at slot (b,), in place, and return the ring.
+
+    In place because a copy of the whole history per iteration costs more than the mixing itself
+    (and, for large states on the CPU, fresh page-faulted memory). It is safe with the settle loop:
+    it hands `step` either a state it owns or a fresh `take` copy and only reads the returned state;
+    the overwritten slot holds the pair about to leave the history, and a sample whose new state
+    the loop refuses (DIVERGED) never steps again. A caller that reuses a state after `step` must
+    copy `extra["XR"]` first.
+    """
+    return ring.index_put_((torch.arange(ring.shape[0], device=ring.device), slot), rows)
+
+
+def _check_half_open(name: str, value: Any, shown: str, inside: Any) -> float:
+    """A real number in a half-open interval `shown`, or an error naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a real number in {shown}, got {type(value).__name__}")
+    if not inside(value):  # False for NaN
+        raise ValueError(f"{name} must be in {shown}, got {value}")
+    return float(value)
+
+
+def mixing_weights(gram: Tensor, valid: Tensor, regularization: float) -> tuple[Tensor, Tensor]:
+    """Anderson weights from a masked Gram matrix, batched, without host syncs.
+
+    Args:
+        gram: (b, m, m) Hermitian Gram matrix <r_i, r_j> = sum conj(r_i) r_j of the residuals.
+        valid: (b, m) bool, the history slots in use (at least one per sample); others get weight 0.
+        regularization: relative Tikhonov weight lam >= 0 (see the module docstring).
+
+    Returns:
+        alpha (b, m), summing to 1, float64 (complex128 for a complex Gram matrix; the Gram
+        matrix's own dtype on MPS, which has no float64), minimising ||sum alpha_i r_i||^2
+        + lam sum |alpha_i|^2 ||r_i||^2; and the 1-norm condition number (b,) of the scaled,
+        regularized bordered system (inf where the solve failed or gave non-finite weights, whose
+        alpha is then 0).
+    """
+    b, m = valid.shape
+    if gram.device.type == "mps":
+        dtype = gram.dtype
+    else:
+        dtype = torch.complex128 if gram.is_complex() else torch.float64
+    H = gram.to(dtype)
+    real = H.real.dtype
+    dev = H.device
+    w = H.diagonal(dim1=-2, dim2=-1).real.clamp_min(torch.finfo(real).tiny).sqrt()  # ||r_i||
+    inf = torch.full((), math.inf, dtype=real, device=dev)
+    wmin = torch.where(valid, w, inf).amin(-1, keepdim=True)
+    d = torch.where(valid, wmin / w, 0.0).to(dtype)  # constraint in the scaled variables, <= 1
+    C = H / (w.unsqueeze(-1) * w.unsqueeze(-2))
+    both = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+    eye = torch.eye(m, dtype=torch.bool, device=dev)
+    # Unused slots become identity rows with d_i = 0, which forces their weight to 0.
+    diag = torch.diag_embed((1.0 + regularization * valid.to(real)).to(dtype))
+    A = torch.where(eye, diag, torch.where(both, C, 0.0))
+    top = torch.cat([torch.zeros(b, 1, 1, dtype=dtype, device=dev), d.unsqueeze(1)], dim=2)
+    K = torch.cat([top, torch.cat([d.unsqueeze(2), A], dim=2)], dim=1)  # (b, m+1, m+1)
+    K_inv, info = torch.linalg.inv_ex(K)
+    alpha = d * K_inv[:, 1:, 0]  # [nu; gamma] = K^-1 e_0
+    alpha = alpha / alpha.sum(-1, keepdim=True)  # exact in theory; removes rounding drift
+    cond = K.abs().sum(-2).amax(-1) * K_inv.abs().sum(-2).amax(-1)
+    ok = (info == 0) & torch.isfinite(cond) & torch.isfinite(alpha).all(-1)
+    return torch.where(ok.unsqueeze(-1), alpha, 0.0), torch.where(ok, cond, inf)
+
+
+__all__ = ["Anderson", "mixing_weights"]

@@ -4,8 +4,9 @@ Layers (DESIGN.md): `analogeq.integrators` settles any vector field; `analogeq.c
 hardware; this package holds the model, built-in systems, reports and the CLI.
 """
 
+from .hardware import HardwareConfig
 from .model import BlockForce, EquilibriumTransformer, ModelConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["BlockForce", "EquilibriumTransformer", "ModelConfig", "__version__"]
+__all__ = ["BlockForce", "EquilibriumTransformer", "HardwareConfig", "ModelConfig", "__version__"]

@@ -1,8 +1,17 @@
 """The `analogeq` command line: one subcommand per job, each with --help and sane defaults.
 
-Until the model lands, `settle` and `compare` run the built-in systems of `analogeq.systems`
-(by default the saturating rotor, where explicit Euler at eps 0.1 cycles although the continuous
-dynamics settle: the discretization artifact this library exists to expose).
+`analogeq settle` (the main job) settles the equilibrium transformer on analog hardware with
+several integrators side by side: by default a small but real model (vocab 64, d_model 64, 4 heads,
+context 32, batch 4 of seeded random tokens) on PCM crossbars (`analogeq.hardware.HardwareConfig`
+defaults: quenched read noise, 10 % node time-constant spread, tau = 100 ns), with every registered
+method of euler, adaptive, imex, implicit, anderson, ode. It prints a table (method, status, NFE,
+force residual, settling time in us, crossbar energy in nJ, wall), the effect of the node
+time-constant spread (same fixed point, changed dynamics), and writes results.json and a plot of
+the force residual vs NFE and vs physical time per method under --out (default runs/).
+
+`analogeq compare` does the same for the methods given with --methods. Both keep the built-in
+systems of `analogeq.systems` (`--system rotor|hopf|contractive|stiff`), e.g. the saturating rotor,
+where explicit Euler at eps 0.1 cycles although the continuous dynamics settle.
 """
 
 from __future__ import annotations
@@ -11,18 +20,38 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import systems
 from ._io import write_json
+from .circuits import PRESETS
+from .hardware import READ_NOISE_MODES, HardwareConfig, hardware_summary, tau_spread_report
 from .integrators import METHODS, SettleResult, settle
-from .integrators.settle import _resolve_pending
-from .report import SETTLE_COLUMNS, format_table, plot_residuals, result_row
+from .model import EquilibriumTransformer, ModelConfig
+from .report import (
+    HARDWARE_COLUMNS,
+    SETTLE_COLUMNS,
+    format_table,
+    hardware_row,
+    plot_residuals,
+    result_row,
+)
 
 DEFAULT_METHODS = ("euler", "adaptive", "imex", "implicit", "anderson", "ode")
 # Step-size options the CLI passes to the methods that take one.
 _EPS_METHODS = {"euler", "imex", "implicit", "euler-maruyama"}
+# On the model the ODE reference integrates in chunks of 0.25 tau: the loop checks the residual at
+# chunk ends, so its settling time is resolved to 0.25 tau (the default chunks grow with the step
+# size and can overshoot the settling time by several tau).
+_ODE_CHUNK = 0.25
+# dopri5's default tolerances (rtol 1e-7, atol 1e-9) are float64 ones; for a lower-precision model
+# the CLI asks for the finest the dtype resolves (10 eps, eps: what the ODE method would floor them
+# to anyway, with a warning).
+_ODE_RTOL, _ODE_ATOL = 1e-7, 1e-9
+_DEVICES = (*sorted(PRESETS), "digital")
+_HW_DEFAULTS = HardwareConfig.__dataclass_fields__
 
 
 def _build_system(name: str, batch: int, seed: int):
@@ -41,7 +70,6 @@ def _build_system(name: str, batch: int, seed: int):
 
 
 def _parse_methods(text: str) -> list[str]:
-    _resolve_pending()
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if not names or unknown:
@@ -49,20 +77,38 @@ def _parse_methods(text: str) -> list[str]:
     return names
 
 
-def _run_methods(args: argparse.Namespace, methods: Sequence[str]) -> int:
-    torch.manual_seed(args.seed)
+def _default_methods() -> list[str]:
+    """The default methods that are registered (anderson and ode may not be installed yet)."""
+    return [m for m in DEFAULT_METHODS if m in METHODS]
+
+
+def _method_options(args: argparse.Namespace, name: str) -> tuple[str, dict[str, Any]]:
+    options: dict[str, Any] = {}
+    if args.eps is not None and name in _EPS_METHODS:
+        options["eps"] = args.eps
+    if name == "euler-maruyama":
+        options["seed"] = args.seed  # seeded runs repeat bit for bit
+    label = name + (f"(eps={args.eps:g})" if "eps" in options else "")
+    return label, options
+
+
+# ------------------------------------------------------------------------------------------------
+# built-in systems
+
+
+def _run_system(args: argparse.Namespace, methods: Sequence[str]) -> int:
     force, z0 = _build_system(args.system, args.batch, args.seed)
+    tol = 1e-6 if args.tol is None else args.tol
     results: dict[str, SettleResult] = {}
     for name in methods:
-        options = {"eps": args.eps} if (args.eps is not None and name in _EPS_METHODS) else {}
-        label = name + (f"(eps={args.eps:g})" if options else "")
-        results[label] = settle(force, z0.clone(), name, tol=args.tol, max_steps=args.max_steps,
+        label, options = _method_options(args, name)
+        results[label] = settle(force, z0.clone(), name, tol=tol, max_steps=args.max_steps,
                                 progress=args.progress, **options)
     rows = [result_row(label, res) for label, res in results.items()]
-    print(f"system: {args.system}  batch: {args.batch}  tol (force residual): {args.tol:g}")
+    print(f"system: {args.system}  batch: {args.batch}  tol (force residual): {tol:g}")
     print(format_table(rows, SETTLE_COLUMNS))
     out = Path(args.out) / f"{args.command}-{args.system}"
-    write_json(out / "results.json", {"system": args.system, "tol": args.tol, "rows": rows})
+    write_json(out / "results.json", {"system": args.system, "tol": tol, "rows": rows})
     if not args.no_plot:
         png = plot_residuals(results, out / "residuals.png",
                              title=f"{args.system}: force residual per method")
@@ -71,21 +117,185 @@ def _run_methods(args: argparse.Namespace, methods: Sequence[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# the model on hardware
+
+
+def _hardware_config(args: argparse.Namespace) -> HardwareConfig | None:
+    if args.device == "digital":
+        return None
+    try:
+        return HardwareConfig(
+            device=args.device,
+            dac_bits=args.dac_bits,
+            adc_bits=args.adc_bits,
+            tau=args.tau,
+            tau_spread=args.tau_spread,
+            read_noise=args.read_noise,
+            tau_c=args.tau_c,
+            drift_time=args.drift_time,
+            node_noise=args.node_noise,
+            seed=args.seed,
+        )
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"analogeq: bad hardware option: {exc}") from None
+
+
+def _build_model(args: argparse.Namespace) -> tuple[EquilibriumTransformer, torch.Tensor]:
+    try:
+        config = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_heads=args.heads,
+                             context=args.context)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"analogeq: bad model option: {exc}") from None
+    model = EquilibriumTransformer(config, _hardware_config(args), seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.context), generator=gen)
+    return model, tokens
+
+
+def _describe(model: EquilibriumTransformer, args: argparse.Namespace) -> list[str]:
+    cfg = model.config
+    lines = [
+        f"model: vocab {cfg.vocab_size}, d_model {cfg.d_model}, heads {cfg.n_heads}, context "
+        f"{cfg.context}, batch {args.batch} (random tokens, seed {args.seed}), {cfg.dtype}"
+    ]
+    hw = model.hardware
+    if hw is None:
+        lines.append("hardware: none (the digital model; no physical time or energy)")
+        return lines
+    info = hardware_summary(model)
+    tiles = sum(m["tiles"][0] * m["tiles"][1] for m in info["maps"].values())
+    conv = ("ideal (none in the loop)" if hw.dac_bits is None and hw.adc_bits is None else
+            f"DAC {hw.dac_bits or 'ideal'} bits, ADC {hw.adc_bits or 'ideal'} bits")
+    noise = hw.read_noise + (f" (tau_c {hw.tau_c:g} s)" if hw.read_noise == "ou" else "")
+    lines.append(
+        f"hardware: {hw.device.name}, {len(info['maps'])} maps on {tiles} tiles "  # type: ignore[union-attr]
+        f"({info['devices']} devices), read noise {noise}, converters {conv}, read at "
+        f"{hw.drift_time:g} s after programming, v_read {hw.v_read:g} V"
+    )
+    lines.append(
+        f"nodes: tau {hw.tau * 1e9:.3g} ns, spread {hw.tau_spread:g} (tau_i / tau in "  # type: ignore[operator]
+        f"[{info['tau_ratio_min']:.3g}, {info['tau_ratio_max']:.3g}])"
+    )
+    return lines
+
+
+def _run_model(args: argparse.Namespace, methods: Sequence[str]) -> int:
+    model, tokens = _build_model(args)
+    hw = model.hardware
+    if hw is not None and hw.read_noise == "ou" and any(m != "euler-maruyama" for m in methods):
+        raise SystemExit(
+            "analogeq: --read-noise ou advances the read noise with the Euler-Maruyama clock: use "
+            "--methods euler-maruyama (or --read-noise quenched for other methods)"
+        )
+    tol = 1e-6 if args.tol is None else args.tol
+    results: dict[str, SettleResult] = {}
+    if hw is not None:
+        # One operator for every method: draw the read noise once ("quenched": one frozen draw,
+        # "ou": one initial state), and let no settle redraw it.
+        model.resample_read_noise()
+    for name in methods:
+        label, options = _method_options(args, name)
+        if hw is not None:
+            options["resample_read_noise"] = False
+        if name == "ode":
+            eps = torch.finfo(model.dtype).eps
+            options.update(chunk=_ODE_CHUNK, rtol=max(_ODE_RTOL, 10 * eps),
+                           atol=max(_ODE_ATOL, eps))
+        results[label] = model.settle(tokens, name, tol=tol, max_steps=args.max_steps,
+                                      progress=args.progress, **options)
+    rows = [hardware_row(label, res) for label, res in results.items()]
+    header = _describe(model, args)
+    for line in header:
+        print(line)
+    print(f"tol (force residual ||F_hw(z)|| / ||z||): {tol:g}")
+    print(format_table(rows, HARDWARE_COLUMNS))
+    print("settle (us): t * tau to reach tol on each method's own clock, max over the batch "
+          f"(ode = the continuous reference, resolved to {_ODE_CHUNK:g} tau; '-' = not settled or "
+          "no time); energy (nJ): crossbar dissipation, integral of sum G V^2 dt, mean per sample "
+          "('-' for root-finders: no trajectory in time)")
+    spread = None
+    if hw is not None and hw.tau_spread > 0 and hw.read_noise in ("off", "quenched"):
+        report = tau_spread_report(model, tokens, "imex", tol=tol)
+        spread = dict(report.__dict__)
+        print(report.summary())
+    dev = args.device
+    out = Path(args.out) / f"{args.command}-{dev}"
+    write_json(out / "results.json", {
+        "model": model.config.to_dict(),
+        "hardware": None if hw is None else hardware_summary(model),
+        "batch": args.batch,
+        "seed": args.seed,
+        "tol": tol,
+        "rows": rows,
+        "tau_spread": spread,
+    })
+    if not args.no_plot:
+        scale, label = ((1.0, "continuous time (units of tau)") if hw is None
+                        else (float(hw.tau) * 1e6, "physical time (us)"))  # type: ignore[arg-type]
+        png = plot_residuals(results, out / "residuals.png",
+                             title=f"equilibrium transformer on {dev}: force residual per method",
+                             time_scale=scale, time_label=label)
+        print(f"plot: {png}")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# parser
+
+
+def _bits(text: str) -> int | None:
+    if text.lower() in ("none", "ideal"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
 def _add_settle_options(p: argparse.ArgumentParser, default_methods: str | None) -> None:
-    p.add_argument("--system", choices=sorted(systems.SYSTEMS), default="rotor",
-                   help="built-in system to settle (default: rotor)")
+    p.add_argument("--system", choices=sorted(systems.SYSTEMS), default=None,
+                   help="settle a built-in system instead of the model (default: the model)")
     p.add_argument("--methods", default=default_methods, required=default_methods is None,
                    help="comma-separated method names"
-                   + (f" (default: {default_methods})" if default_methods else ""))
+                   + (f" (default: {default_methods}, those registered)" if default_methods
+                      else ""))
     p.add_argument("--eps", type=float, default=None,
                    help="step size for euler/imex/implicit/euler-maruyama (default: each method's)")
-    p.add_argument("--tol", type=float, default=1e-6, help="force-residual tolerance (1e-6)")
+    p.add_argument("--tol", type=float, default=None, help="force-residual tolerance (1e-6)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget (method default)")
     p.add_argument("--batch", type=int, default=4, help="samples settled at once (4)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random systems (0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights, the chip, the tokens and random systems (0)")
     p.add_argument("--out", default="runs", help="output directory (default: runs/)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--progress", action="store_true", help="show a progress bar per method")
+    m = p.add_argument_group("model (ignored with --system)")
+    m.add_argument("--vocab", type=int, default=64, help="vocabulary size (64)")
+    m.add_argument("--d-model", type=int, default=64, help="channels C (64)")
+    m.add_argument("--heads", type=int, default=4, help="attention heads (4)")
+    m.add_argument("--context", type=int, default=32, help="tokens per sequence T (32)")
+    h = p.add_argument_group("hardware (ignored with --system)")
+    h.add_argument("--device", choices=_DEVICES, default="pcm",
+                   help="device preset of the crossbars, or 'digital' for no hardware (pcm)")
+    h.add_argument("--drift-time", type=float, default=_HW_DEFAULTS["drift_time"].default,
+                   help="seconds after programming at which the chip is read (0)")
+    h.add_argument("--tau-spread", type=float, default=_HW_DEFAULTS["tau_spread"].default,
+                   help="relative spread of the node time constants (0.1)")
+    h.add_argument("--tau", type=float, default=None, help="node time constant tau, s (1e-7)")
+    h.add_argument("--read-noise", choices=READ_NOISE_MODES,
+                   default=_HW_DEFAULTS["read_noise"].default,
+                   help="read noise during settling (quenched: one draw per settle)")
+    h.add_argument("--tau-c", type=float, default=None,
+                   help="correlation time of --read-noise ou, s (needs --methods euler-maruyama)")
+    h.add_argument("--node-noise", type=float, default=_HW_DEFAULTS["node_noise"].default,
+                   help="stationary std of the nodes' thermal noise in units of z, used by "
+                   "euler-maruyama (0)")
+    h.add_argument("--dac-bits", type=_bits, default=None,
+                   help="DAC bits in the settling loop, or none (none: the continuous circuit; "
+                   "with converters the residual floors near their LSB)")
+    h.add_argument("--adc-bits", type=_bits, default=None, help="ADC bits, or none (none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,12 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate and co-design equilibrium transformers on analog hardware.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    p = sub.add_parser("settle", help="settle a system with several integrators side by side",
-                       description="Settle a built-in system with several integrators; print a "
-                       "table and write a residual plot under --out.")
+    p = sub.add_parser(
+        "settle", help="settle the model on analog hardware with several integrators",
+        description="Settle the equilibrium transformer on analog hardware (default: a small "
+        "model on PCM) with several integrators side by side; print a table (status, NFE, force "
+        "residual, settling time, crossbar energy, wall) and write results and a residual plot "
+        "under --out. --system settles a built-in system instead.")
     _add_settle_options(p, ",".join(DEFAULT_METHODS))
-    p = sub.add_parser("compare", help="compare chosen integrators on one operator",
-                       description="Run the chosen methods on one operator and compare them.")
+    p = sub.add_parser(
+        "compare", help="compare chosen integrators on one operator",
+        description="Run the chosen methods on one operator (the model on hardware, or a "
+        "built-in --system) and compare them.")
     _add_settle_options(p, None)
     return parser
 
@@ -107,11 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("settle", "compare"):
-        if args.tol <= 0:
+        if args.tol is not None and args.tol <= 0:
             raise SystemExit(f"analogeq: --tol must be > 0, got {args.tol}")
         if args.batch < 1:
             raise SystemExit(f"analogeq: --batch must be >= 1, got {args.batch}")
-        return _run_methods(args, _parse_methods(args.methods))
+        if args.command == "settle" and args.methods == ",".join(DEFAULT_METHODS):
+            methods = _default_methods()
+        else:
+            methods = _parse_methods(args.methods)
+        if args.system is not None:
+            return _run_system(args, methods)
+        return _run_model(args, methods)
     return 2  # pragma: no cover - argparse requires a command
 
 

@@ -11,7 +11,9 @@ leak/nonlinear split and `select`), `model.settle` finds z*, `model.readout` map
 Weight-bearing linear maps are built in one place, `EquilibriumTransformer._linear` (and
 `_embedding` for the lookup tables), under stable names (`attn.q`, `attn.k`, `attn.v`, `attn.o`,
 `ffn.up`, `ffn.down`, `embed`, `pos`, `head`) so that a hardware configuration can place each one on
-its own crossbar by overriding those two methods.
+its own crossbar: with `hardware=HardwareConfig(...)` the `_linear` factory builds every linear map
+on a crossbar and `force` returns the circuit's force (`analogeq.hardware`); the lookup tables stay
+digital (they are the input drive x_in).
 
 Every nonlinearity comes from `analogeq._layers`, so the force also accepts complex states: its
 holomorphic extension (conjugation-free norms and softmax, tanh-GELU), which holomorphic EP needs.
@@ -345,24 +347,13 @@ class BlockForce:
 def _check_hardware(hardware: Any) -> None:
     if hardware is None:
         return
-    try:
-        from .hardware import HardwareConfig  # written separately; may not exist yet
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.hardware":
-            raise  # the module exists but one of its own imports fails: a real error
-        raise TypeError(
-            "hardware must be None (the ideal digital model): crossbar placement is given as an "
-            "analogeq.hardware.HardwareConfig, which is not available in this installation, got "
-            f"{type(hardware).__name__}"
-        ) from None
+    from .hardware import HardwareConfig  # imported here: hardware.py builds on this module
+
     if isinstance(hardware, HardwareConfig):
-        raise TypeError(
-            "hardware must be None: EquilibriumTransformer does not place weights on crossbars "
-            "with a HardwareConfig yet"
-        )
+        return
     raise TypeError(
-        "hardware must be an analogeq.hardware.HardwareConfig or None, got "
-        f"{type(hardware).__name__}"
+        "hardware must be an analogeq.hardware.HardwareConfig (e.g. HardwareConfig(device='pcm')) "
+        f"or None (the ideal digital model), got {type(hardware).__name__} {hardware!r}"
     )
 
 
@@ -371,15 +362,23 @@ class EquilibriumTransformer(nn.Module):
 
     Args:
         config: a `ModelConfig`.
-        hardware: None (the ideal digital model). Crossbar placement comes later through a
-            `HardwareConfig`; anything else is a TypeError.
+        hardware: None (the ideal digital model), or an `analogeq.hardware.HardwareConfig`: every
+            linear map (or those in its `maps`) is built as a `HardwareLinear` on a crossbar of its
+            device, programmed from the nominal weights at construction; the force becomes the
+            circuit tau_i dz_i/dt = F_i(z) (`analogeq.hardware` documents every choice). Anything
+            else is a TypeError.
         seed: initialise from a private generator seeded with this (an int, or a
-            `torch.Generator`); None uses the global RNG.
+            `torch.Generator`); None uses the global RNG. (The chip's random effects have their
+            own seed, `HardwareConfig.seed`.)
 
-    Modules (stable names, one crossbar each later): `embed` (token table (vocab, C), or the
-    feature projection input_dim -> C), `pos` (table (context, C)), `attn.q`, `attn.k`, `attn.v`,
-    `attn.o` (C -> C), `ffn.up` (C -> ffn_mult C), `ffn.down`, `head` (C -> n_outputs); the digital
-    norms `ln_attn`, `ln_ffn`, `ln_out`, `attn.q_norm`, `attn.k_norm`.
+    Modules (stable names, one crossbar each with hardware): `embed` (token table (vocab, C), or
+    the feature projection input_dim -> C), `pos` (table (context, C)), `attn.q`, `attn.k`,
+    `attn.v`, `attn.o` (C -> C), `ffn.up` (C -> ffn_mult C), `ffn.down`, `head` (C -> n_outputs);
+    the digital norms `ln_attn`, `ln_ffn`, `ln_out`, `attn.q_norm`, `attn.k_norm`. Lookup tables
+    stay digital with hardware: they are the input drive x_in.
+
+    With hardware the nominal weights stay `nn.Parameter`s under the same names (training updates
+    them); after changing them call `program()` to write them to the crossbars again.
     """
 
     causal_mask: Tensor
@@ -397,6 +396,11 @@ class EquilibriumTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.hardware = hardware
+        self._hardware_state: Any = None
+        if hardware is not None:
+            from .hardware import HardwareState
+
+            self._hardware_state = HardwareState(hardware)
         self._linear_names: list[str] = []
         self._embedding_names: list[str] = []
         C, dt, eps = config.d_model, config.dtype, config.norm_eps
@@ -415,16 +419,25 @@ class EquilibriumTransformer(nn.Module):
         mask = torch.ones(config.context, config.context, dtype=torch.bool).tril()
         self.register_buffer("causal_mask", mask, persistent=False)
         self.reset_parameters(seed)
+        if hardware is not None:
+            from .hardware import attach
+
+            attach(self)  # node time constants, then program the crossbars from the weights
 
     # -- the one place where weight-bearing maps are made -----------------------------------------
     def _linear(self, name: str, in_features: int, out_features: int, bias: bool) -> nn.Module:
         """A linear map in_features -> out_features registered as `name` (its module path).
 
-        Override (or route through a HardwareConfig) to place maps on crossbars; the returned
-        module must map (..., in) -> (..., out) and expose its effective `weight` (out, in) and
-        `bias` for the complex extension.
+        With a `HardwareConfig` that places `name`, an `analogeq.hardware.HardwareLinear` (its
+        nominal `weight`/`bias` parameters plus the crossbar); otherwise an `nn.Linear`. The
+        returned module maps (..., in) -> (..., out) and exposes `weight` (out, in) and `bias`
+        for the complex extension.
         """
         self._linear_names.append(name)
+        if self.hardware is not None and self.hardware.places(name):
+            from .hardware import make_linear
+
+            return make_linear(self, name, in_features, out_features, bias)
         return nn.Linear(in_features, out_features, bias=bias, dtype=self.config.dtype)
 
     def _embedding(self, name: str, num: int, dim: int) -> nn.Module:
@@ -497,6 +510,51 @@ class EquilibriumTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.ln_out.weight.device
 
+    # -- hardware ---------------------------------------------------------------------------------
+    def _require_hardware(self, what: str) -> None:
+        if self.hardware is None:
+            raise ValueError(
+                f"{what} needs a hardware model: build it with "
+                "EquilibriumTransformer(config, hardware=HardwareConfig(...))"
+            )
+
+    @property
+    def hardware_seed(self) -> int | None:
+        """The seed of the chip's master generator (None for the digital model)."""
+        return None if self._hardware_state is None else self._hardware_state.seed
+
+    def crossbars(self) -> dict[str, nn.Module]:
+        """The `circuits.AnalogLinear` of every map on a crossbar, by stable name ({} digital)."""
+        from .hardware import hardware_layers
+
+        if self.hardware is None:
+            return {}
+        return {name: layer.analog for name, layer in hardware_layers(self).items()}
+
+    def program(self, calibration: Tensor | None = None) -> None:
+        """(Re)program every crossbar from the nominal weights (a new programming event, with new
+        programming errors from each crossbar's seeded stream), drift to `drift_time`, and
+        calibrate the converter bounds on `calibration` inputs (None: seeded random ones)."""
+        self._require_hardware("program()")
+        from .hardware import program
+
+        program(self, calibration)
+
+    def drift(self, t_seconds: float) -> None:
+        """Read the chip `t_seconds` after programming: every crossbar's conductances drift to
+        that age (>= the current one; re-`program` to start over)."""
+        self._require_hardware("drift()")
+        from .hardware import drift
+
+        drift(self, t_seconds)
+
+    def resample_read_noise(self) -> None:
+        """A new frozen ("quenched") or stationary ("ou") read-noise draw on every crossbar."""
+        self._require_hardware("resample_read_noise()")
+        from .hardware import resample_read_noise
+
+        resample_read_noise(self)
+
     # -- inputs ----------------------------------------------------------------------------------
     def _check_inputs(self, inputs: Any) -> Tensor:
         cfg = self.config
@@ -556,7 +614,14 @@ class EquilibriumTransformer(nn.Module):
 
     def force(self, inputs: Tensor) -> BlockForce:
         """The block's force bound to `inputs` (token ids (batch, T), or features
-        (batch, T, input_dim) when `config.input_dim` is set); states have shape (batch, T, C)."""
+        (batch, T, input_dim) when `config.input_dim` is set); states have shape (batch, T, C).
+
+        With hardware: an `analogeq.hardware.HardwareForce`, F / r in units of the mean tau (the
+        per-node time constants r; same fixed points), read through the crossbars."""
+        if self.hardware is not None:
+            from .hardware import HardwareForce
+
+            return HardwareForce(self, self._check_inputs(inputs))
         return BlockForce(self, self._check_inputs(inputs))
 
     def initial_state(self, force: BlockForce, z0: Tensor | str | None = None) -> Tensor:
@@ -599,13 +664,24 @@ class EquilibriumTransformer(nn.Module):
             z0: starting state (see `initial_state`; default x_in / (1 + c)).
             tol: force-residual tolerance ||F(z)|| / ||z|| per sample (> 0).
             max_steps: loop iterations; default the method's own.
-            **options: the method's options (e.g. eps) and the loop's.
+            **options: the method's options (e.g. eps) and the loop's. With hardware also
+                `resample_read_noise` (bool, default True: a new frozen / stationary read-noise
+                draw before settling); with read_noise "ou" the method must be
+                "euler-maruyama" (the hardware force gives its sigma).
 
         Returns:
-            The `SettleResult`; `z` has shape (batch, T, C) and carries no autograd graph.
+            The `SettleResult`; `z` has shape (batch, T, C) and carries no autograd graph. With
+            hardware `info` adds `settling_time_s` (batch,) = t * tau (None for root-finders),
+            `energy_j` (batch,) joules dissipated in the crossbars during the settle (None for
+            root-finders), `power_w` (batch,) at the end, `tau_s`, `read_noise`.
         """
         force = self.force(inputs)
         start = self.initial_state(force, z0)
+        if self.hardware is not None:
+            from .hardware import settle_on_hardware
+
+            return settle_on_hardware(self, force, start, method, tol=tol,  # type: ignore[arg-type]
+                                      max_steps=max_steps, **options)
         return integrators.settle(force, start, method, tol=tol, max_steps=max_steps, **options)
 
     # -- readout and loss ------------------------------------------------------------------------
@@ -689,9 +765,10 @@ class EquilibriumTransformer(nn.Module):
 
     def extra_repr(self) -> str:
         cfg = self.config
+        hw = "" if self.hardware is None else f", hardware={self.hardware.device.name!r}"
         return (
             f"C={cfg.d_model}, H={cfg.n_heads}, context={cfg.context}, c={cfg.c:g}, "
-            f"dtype={self.dtype}"
+            f"dtype={self.dtype}{hw}"
         )
 
 

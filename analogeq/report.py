@@ -1,4 +1,8 @@
-"""Tables and figures for settle results: what `analogeq settle` and `analogeq compare` show."""
+"""Tables and figures for settle results: what `analogeq settle` and `analogeq compare` show.
+
+`result_row` / `SETTLE_COLUMNS` for any force; `hardware_row` / `HARDWARE_COLUMNS` add the physical
+figures of a settle on analog hardware (`analogeq.hardware`: settling time and crossbar energy).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,26 @@ def result_row(label: str, result: SettleResult) -> dict[str, Any]:
         "wall_s": result.wall_time,
         "sample_status": [str(s) for s in result.sample_status],
     }
+
+
+def hardware_row(label: str, result: SettleResult) -> dict[str, Any]:
+    """`result_row` plus the physical figures of a settle on hardware (`result.info`):
+
+    * `settle_us`: settling time t * tau in microseconds, max over the batch, for a converged
+      run; None when it did not converge (it never settled) or the method has no time.
+    * `sim_time_us`: the time the run covered (max over the batch), converged or not; None
+      without time.
+    * `energy_nj`: crossbar energy per sample in nanojoules, mean over the batch; None for
+      root-finders (no trajectory in time) or the digital model.
+    """
+    row = result_row(label, result)
+    t = result.info.get("settling_time_s")
+    e = result.info.get("energy_j")
+    row["sim_time_us"] = None if t is None else float(t.max()) * 1e6
+    row["settle_us"] = row["sim_time_us"] if result.converged else None
+    row["energy_nj"] = None if e is None else float(e.mean()) * 1e9
+    row["energy_nj_per_sample"] = None if e is None else [float(v) * 1e9 for v in e]
+    return row
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
@@ -58,10 +82,25 @@ SETTLE_COLUMNS = (
 )
 
 
-def plot_residuals(results: dict[str, SettleResult], path: str | Path, title: str = "") -> Path:
+HARDWARE_COLUMNS = (
+    ("method", "method", "s"),
+    ("status", "status", "s"),
+    ("nfe", "NFE", "d"),
+    ("force_residual", "force residual", ".2e"),
+    ("settle_us", "settle (us)", ".3g"),
+    ("energy_nj", "energy (nJ)", ".3g"),
+    ("wall_s", "wall (s)", ".3f"),
+)
+
+
+def plot_residuals(results: dict[str, SettleResult], path: str | Path, title: str = "", *,
+                   time_scale: float = 1.0,
+                   time_label: str = "continuous time (units of tau)") -> Path:
     """Force residual (max over the batch) vs force evaluations, and vs continuous time.
 
     Two panels because root-finders have no time: NFE is the axis every method shares.
+    `time_scale` multiplies the time axis (e.g. tau in microseconds for physical time on
+    hardware), labelled `time_label`.
     """
     import matplotlib
 
@@ -73,9 +112,9 @@ def plot_residuals(results: dict[str, SettleResult], path: str | Path, title: st
         y = res.trace.residual.clamp_min(1e-300).numpy()
         ax_nfe.semilogy(res.trace.nfe.numpy(), y, label=f"{label} ({res.status})")
         if res.trace.time is not None:
-            ax_t.semilogy(res.trace.time.numpy(), y, label=label)
+            ax_t.semilogy(res.trace.time.numpy() * time_scale, y, label=label)
     tol = min((float(r.info.get("tol", math.nan)) for r in results.values()), default=math.nan)
-    for ax, xlabel in ((ax_nfe, "force evaluations"), (ax_t, "continuous time (units of tau)")):
+    for ax, xlabel in ((ax_nfe, "force evaluations"), (ax_t, time_label)):
         if not math.isnan(tol):
             ax.axhline(tol, color="grey", ls=":", lw=1)
         ax.set_xlabel(xlabel)

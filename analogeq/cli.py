@@ -102,16 +102,24 @@ def _run_system(args: argparse.Namespace, methods: Sequence[str]) -> int:
     results: dict[str, SettleResult] = {}
     for name in methods:
         label, options = _method_options(args, name)
-        results[label] = settle(force, z0.clone(), name, tol=tol, max_steps=args.max_steps,
-                                progress=args.progress, **options)
+        results[label] = settle(
+            force,
+            z0.clone(),
+            name,
+            tol=tol,
+            max_steps=args.max_steps,
+            progress=args.progress,
+            **options,
+        )
     rows = [result_row(label, res) for label, res in results.items()]
     print(f"system: {args.system}  batch: {args.batch}  tol (force residual): {tol:g}")
     print(format_table(rows, SETTLE_COLUMNS))
     out = Path(args.out) / f"{args.command}-{args.system}"
     write_json(out / "results.json", {"system": args.system, "tol": tol, "rows": rows})
     if not args.no_plot:
-        png = plot_residuals(results, out / "residuals.png",
-                             title=f"{args.system}: force residual per method")
+        png = plot_residuals(
+            results, out / "residuals.png", title=f"{args.system}: force residual per method"
+        )
         print(f"plot: {png}")
     print(f"results: {out / 'results.json'}")
     return 0
@@ -143,8 +151,9 @@ def _hardware_config(args: argparse.Namespace) -> HardwareConfig | None:
 
 def _build_model(args: argparse.Namespace) -> tuple[EquilibriumTransformer, torch.Tensor]:
     try:
-        config = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_heads=args.heads,
-                             context=args.context)
+        config = ModelConfig(
+            vocab_size=args.vocab, d_model=args.d_model, n_heads=args.heads, context=args.context
+        )
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"analogeq: bad model option: {exc}") from None
     model = EquilibriumTransformer(config, _hardware_config(args), seed=args.seed)
@@ -165,8 +174,11 @@ def _describe(model: EquilibriumTransformer, args: argparse.Namespace) -> list[s
         return lines
     info = hardware_summary(model)
     tiles = sum(m["tiles"][0] * m["tiles"][1] for m in info["maps"].values())
-    conv = ("ideal (none in the loop)" if hw.dac_bits is None and hw.adc_bits is None else
-            f"DAC {hw.dac_bits or 'ideal'} bits, ADC {hw.adc_bits or 'ideal'} bits")
+    conv = (
+        "ideal (none in the loop)"
+        if hw.dac_bits is None and hw.adc_bits is None
+        else f"DAC {hw.dac_bits or 'ideal'} bits, ADC {hw.adc_bits or 'ideal'} bits"
+    )
     noise = hw.read_noise + (f" (tau_c {hw.tau_c:g} s)" if hw.read_noise == "ou" else "")
     lines.append(
         f"hardware: {hw.device.name}, {len(info['maps'])} maps on {tiles} tiles "  # type: ignore[union-attr]
@@ -200,20 +212,24 @@ def _run_model(args: argparse.Namespace, methods: Sequence[str]) -> int:
             options["resample_read_noise"] = False
         if name == "ode":
             eps = torch.finfo(model.dtype).eps
-            options.update(chunk=_ODE_CHUNK, rtol=max(_ODE_RTOL, 10 * eps),
-                           atol=max(_ODE_ATOL, eps))
-        results[label] = model.settle(tokens, name, tol=tol, max_steps=args.max_steps,
-                                      progress=args.progress, **options)
+            options.update(
+                chunk=_ODE_CHUNK, rtol=max(_ODE_RTOL, 10 * eps), atol=max(_ODE_ATOL, eps)
+            )
+        results[label] = model.settle(
+            tokens, name, tol=tol, max_steps=args.max_steps, progress=args.progress, **options
+        )
     rows = [hardware_row(label, res) for label, res in results.items()]
     header = _describe(model, args)
     for line in header:
         print(line)
     print(f"tol (force residual ||F_hw(z)|| / ||z||): {tol:g}")
     print(format_table(rows, HARDWARE_COLUMNS))
-    print("settle (us): t * tau to reach tol on each method's own clock, max over the batch "
-          f"(ode = the continuous reference, resolved to {_ODE_CHUNK:g} tau; '-' = not settled or "
-          "no time); energy (nJ): crossbar dissipation, integral of sum G V^2 dt, mean per sample "
-          "('-' for root-finders: no trajectory in time)")
+    print(
+        "settle (us): t * tau to reach tol on each method's own clock, max over the batch "
+        f"(ode = the continuous reference, resolved to {_ODE_CHUNK:g} tau; '-' = not settled or "
+        "no time); energy (nJ): crossbar dissipation, integral of sum G V^2 dt, mean per sample "
+        "('-' for root-finders: no trajectory in time)"
+    )
     spread = None
     if hw is not None and hw.tau_spread > 0 and hw.read_noise in ("off", "quenched"):
         report = tau_spread_report(model, tokens, "imex", tol=tol)
@@ -221,21 +237,31 @@ def _run_model(args: argparse.Namespace, methods: Sequence[str]) -> int:
         print(report.summary())
     dev = args.device
     out = Path(args.out) / f"{args.command}-{dev}"
-    write_json(out / "results.json", {
-        "model": model.config.to_dict(),
-        "hardware": None if hw is None else hardware_summary(model),
-        "batch": args.batch,
-        "seed": args.seed,
-        "tol": tol,
-        "rows": rows,
-        "tau_spread": spread,
-    })
+    write_json(
+        out / "results.json",
+        {
+            "model": model.config.to_dict(),
+            "hardware": None if hw is None else hardware_summary(model),
+            "batch": args.batch,
+            "seed": args.seed,
+            "tol": tol,
+            "rows": rows,
+            "tau_spread": spread,
+        },
+    )
     if not args.no_plot:
-        scale, label = ((1.0, "continuous time (units of tau)") if hw is None
-                        else (float(hw.tau) * 1e6, "physical time (us)"))  # type: ignore[arg-type]
-        png = plot_residuals(results, out / "residuals.png",
-                             title=f"equilibrium transformer on {dev}: force residual per method",
-                             time_scale=scale, time_label=label)
+        scale, label = (
+            (1.0, "continuous time (units of tau)")
+            if hw is None
+            else (float(hw.tau) * 1e6, "physical time (us)")
+        )  # type: ignore[arg-type]
+        png = plot_residuals(
+            results,
+            out / "residuals.png",
+            title=f"equilibrium transformer on {dev}: force residual per method",
+            time_scale=scale,
+            time_label=label,
+        )
         print(f"plot: {png}")
     print(f"results: {out / 'results.json'}")
     return 0
@@ -255,19 +281,34 @@ def _bits(text: str) -> int | None:
 
 
 def _add_settle_options(p: argparse.ArgumentParser, default_methods: str | None) -> None:
-    p.add_argument("--system", choices=sorted(systems.SYSTEMS), default=None,
-                   help="settle a built-in system instead of the model (default: the model)")
-    p.add_argument("--methods", default=default_methods, required=default_methods is None,
-                   help="comma-separated method names"
-                   + (f" (default: {default_methods}, those registered)" if default_methods
-                      else ""))
-    p.add_argument("--eps", type=float, default=None,
-                   help="step size for euler/imex/implicit/euler-maruyama (default: each method's)")
+    p.add_argument(
+        "--system",
+        choices=sorted(systems.SYSTEMS),
+        default=None,
+        help="settle a built-in system instead of the model (default: the model)",
+    )
+    p.add_argument(
+        "--methods",
+        default=default_methods,
+        required=default_methods is None,
+        help="comma-separated method names"
+        + (f" (default: {default_methods}, those registered)" if default_methods else ""),
+    )
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="step size for euler/imex/implicit/euler-maruyama (default: each method's)",
+    )
     p.add_argument("--tol", type=float, default=None, help="force-residual tolerance (1e-6)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget (method default)")
     p.add_argument("--batch", type=int, default=4, help="samples settled at once (4)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the weights, the chip, the tokens and random systems (0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the weights, the chip, the tokens and random systems (0)",
+    )
     p.add_argument("--out", default="runs", help="output directory (default: runs/)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--progress", action="store_true", help="show a progress bar per method")
@@ -277,24 +318,50 @@ def _add_settle_options(p: argparse.ArgumentParser, default_methods: str | None)
     m.add_argument("--heads", type=int, default=4, help="attention heads (4)")
     m.add_argument("--context", type=int, default=32, help="tokens per sequence T (32)")
     h = p.add_argument_group("hardware (ignored with --system)")
-    h.add_argument("--device", choices=_DEVICES, default="pcm",
-                   help="device preset of the crossbars, or 'digital' for no hardware (pcm)")
-    h.add_argument("--drift-time", type=float, default=_HW_DEFAULTS["drift_time"].default,
-                   help="seconds after programming at which the chip is read (0)")
-    h.add_argument("--tau-spread", type=float, default=_HW_DEFAULTS["tau_spread"].default,
-                   help="relative spread of the node time constants (0.1)")
+    h.add_argument(
+        "--device",
+        choices=_DEVICES,
+        default="pcm",
+        help="device preset of the crossbars, or 'digital' for no hardware (pcm)",
+    )
+    h.add_argument(
+        "--drift-time",
+        type=float,
+        default=_HW_DEFAULTS["drift_time"].default,
+        help="seconds after programming at which the chip is read (0)",
+    )
+    h.add_argument(
+        "--tau-spread",
+        type=float,
+        default=_HW_DEFAULTS["tau_spread"].default,
+        help="relative spread of the node time constants (0.1)",
+    )
     h.add_argument("--tau", type=float, default=None, help="node time constant tau, s (1e-7)")
-    h.add_argument("--read-noise", choices=READ_NOISE_MODES,
-                   default=_HW_DEFAULTS["read_noise"].default,
-                   help="read noise during settling (quenched: one draw per settle)")
-    h.add_argument("--tau-c", type=float, default=None,
-                   help="correlation time of --read-noise ou, s (needs --methods euler-maruyama)")
-    h.add_argument("--node-noise", type=float, default=_HW_DEFAULTS["node_noise"].default,
-                   help="stationary std of the nodes' thermal noise in units of z, used by "
-                   "euler-maruyama (0)")
-    h.add_argument("--dac-bits", type=_bits, default=None,
-                   help="DAC bits in the settling loop, or none (none: the continuous circuit; "
-                   "with converters the residual floors near their LSB)")
+    h.add_argument(
+        "--read-noise",
+        choices=READ_NOISE_MODES,
+        default=_HW_DEFAULTS["read_noise"].default,
+        help="read noise during settling (quenched: one draw per settle)",
+    )
+    h.add_argument(
+        "--tau-c",
+        type=float,
+        default=None,
+        help="correlation time of --read-noise ou, s (needs --methods euler-maruyama)",
+    )
+    h.add_argument(
+        "--node-noise",
+        type=float,
+        default=_HW_DEFAULTS["node_noise"].default,
+        help="stationary std of the nodes' thermal noise in units of z, used by euler-maruyama (0)",
+    )
+    h.add_argument(
+        "--dac-bits",
+        type=_bits,
+        default=None,
+        help="DAC bits in the settling loop, or none (none: the continuous circuit; "
+        "with converters the residual floors near their LSB)",
+    )
     h.add_argument("--adc-bits", type=_bits, default=None, help="ADC bits, or none (none)")
 
 
@@ -305,16 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     p = sub.add_parser(
-        "settle", help="settle the model on analog hardware with several integrators",
+        "settle",
+        help="settle the model on analog hardware with several integrators",
         description="Settle the equilibrium transformer on analog hardware (default: a small "
         "model on PCM) with several integrators side by side; print a table (status, NFE, force "
         "residual, settling time, crossbar energy, wall) and write results and a residual plot "
-        "under --out. --system settles a built-in system instead.")
+        "under --out. --system settles a built-in system instead.",
+    )
     _add_settle_options(p, ",".join(DEFAULT_METHODS))
     p = sub.add_parser(
-        "compare", help="compare chosen integrators on one operator",
+        "compare",
+        help="compare chosen integrators on one operator",
         description="Run the chosen methods on one operator (the model on hardware, or a "
-        "built-in --system) and compare them.")
+        "built-in --system) and compare them.",
+    )
     _add_settle_options(p, None)
     return parser
 

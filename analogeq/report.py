@@ -64,8 +64,12 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     out = []
     for k, r in enumerate(cells):
-        out.append("  ".join(c.rjust(w) if k and i else c.ljust(w) for i, (c, w) in
-                             enumerate(zip(r, widths, strict=True))))
+        out.append(
+            "  ".join(
+                c.rjust(w) if k and i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -93,9 +97,14 @@ HARDWARE_COLUMNS = (
 )
 
 
-def plot_residuals(results: dict[str, SettleResult], path: str | Path, title: str = "", *,
-                   time_scale: float = 1.0,
-                   time_label: str = "continuous time (units of tau)") -> Path:
+def plot_residuals(
+    results: dict[str, SettleResult],
+    path: str | Path,
+    title: str = "",
+    *,
+    time_scale: float = 1.0,
+    time_label: str = "continuous time (units of tau)",
+) -> Path:
     """Force residual (max over the batch) vs force evaluations, and vs continuous time.
 
     Two panels because root-finders have no time: NFE is the axis every method shares.

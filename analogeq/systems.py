@@ -11,7 +11,8 @@ They reproduce the three behaviours of DOMAIN.md section 3 in two dimensions:
   sqrt(mu): a genuine instability, no integrator settles it.
 * `ContractiveTanh`: F = -(1+c) z + W tanh(z) + b with ||W||_2 = L < 1 + c: a unique fixed point,
   the circuit contracts at rate >= 1 + c - L and Euler contracts for eps < 2 / (1 + c + L).
-* `StiffLinear`: a linear system with eigenvalues spread over three decades (IMEX/implicit territory).
+* `StiffLinear`: a linear system with eigenvalues spread over three decades (IMEX/implicit
+  territory).
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ class SaturatingRotor:
     rate of the linearization) and N(z) = F(z) + a z, an exact identity (any leak is a valid split).
     """
 
-    def __init__(self, a: float = 1.0, b: float = 4.0, centre: tuple[float, float] = (1.0, 2.0),
-                 batch: int = 1, dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        a: float = 1.0,
+        b: float = 4.0,
+        centre: tuple[float, float] = (1.0, 2.0),
+        batch: int = 1,
+        dtype: torch.dtype = torch.float64,
+    ):
         if a <= 0:
             raise ValueError(f"a must be > 0 for a stable focus, got {a}")
         self.a, self.b = float(a), float(b)
@@ -78,8 +85,14 @@ class HopfOscillator:
     |u| = sqrt(mu) and rotate forever: a limit cycle of the continuous dynamics.
     """
 
-    def __init__(self, mu: float = 0.5, omega: float = 3.0, centre: tuple[float, float] = (1.0, 2.0),
-                 batch: int = 1, dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        mu: float = 0.5,
+        omega: float = 3.0,
+        centre: tuple[float, float] = (1.0, 2.0),
+        batch: int = 1,
+        dtype: torch.dtype = torch.float64,
+    ):
         if mu <= 0:
             raise ValueError(f"mu must be > 0 for a Hopf limit cycle, got {mu}")
         self.mu, self.omega = float(mu), float(omega)
@@ -121,8 +134,15 @@ class ContractiveTanh:
     q(eps) = |1 - eps (1 + c)| + eps L per step for eps < 2 / (1 + c + L).
     """
 
-    def __init__(self, n: int = 16, c: float = 1.0, L: float = 1.5, batch: int = 4, seed: int = 0,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        n: int = 16,
+        c: float = 1.0,
+        L: float = 1.5,
+        batch: int = 4,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ):
         if not 0 <= L < 1 + c:
             raise ValueError(f"L must be in [0, 1 + c) = [0, {1 + c}), got {L}")
         g = torch.Generator().manual_seed(seed)
@@ -156,13 +176,21 @@ class ContractiveTanh:
 
 
 class StiffLinear:
-    """F(z) = A (z - z*) with A = -Q diag(lambdas) Q^T, lambdas log-spaced in [1, stiffness]; (batch, n).
+    """F(z) = A (z - z*), A = -Q diag(lambdas) Q^T, lambdas log-spaced in [1, stiffness].
+
+    States (batch, n).
 
     Explicit Euler needs eps < 2 / stiffness; IMEX with leak = stiffness and implicit Euler do not.
     """
 
-    def __init__(self, n: int = 8, stiffness: float = 1000.0, batch: int = 4, seed: int = 0,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        n: int = 8,
+        stiffness: float = 1000.0,
+        batch: int = 4,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ):
         if stiffness < 1:
             raise ValueError(f"stiffness must be >= 1, got {stiffness}")
         g = torch.Generator().manual_seed(seed)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
+from analogeq.systems import StiffLinear  # the same stiff operator the CLI and tests use
+
 
 def _normal(g: torch.Generator, *shape: int, std: float, dtype: torch.dtype) -> Tensor:
     return torch.randn(*shape, generator=g, dtype=torch.float64).mul_(std).to(dtype)
@@ -147,39 +149,6 @@ class SaturatingRotor:
 
     def initial_state(self) -> Tensor:
         return self.centre + self.offset
-
-
-class StiffLinear:
-    """F(z) = (z - z*_i) A^T, A = -Q diag(lambda) Q^T, lambda log-spaced in [1, stiffness].
-
-    States (batch, n), float64; z*_i uniform in [1, 2]^n per sample; z0 = 0. Split: leak =
-    stiffness (so N = F + leak z has the spectrum [0, stiffness - 1] and the IMEX map contracts
-    for every eps).
-    """
-
-    def __init__(self, batch: int = 8, n: int = 64, stiffness: float = 1000.0, seed: int = 0,
-                 dtype: torch.dtype = torch.float64):
-        g = torch.Generator().manual_seed(seed)
-        Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-        self.lambdas = torch.logspace(0, math.log10(stiffness), n, dtype=torch.float64)
-        self.A_T = (-(Q * self.lambdas) @ Q.T).T.contiguous().to(dtype)
-        self.z_star = (1.0 + torch.rand(batch, n, generator=g, dtype=torch.float64)).to(dtype)
-        self.leak = float(stiffness)
-
-    def __call__(self, z: Tensor) -> Tensor:
-        return (z - self.z_star) @ self.A_T
-
-    def nonlinear(self, z: Tensor) -> Tensor:
-        return self(z) + self.leak * z
-
-    def select(self, index: Tensor) -> StiffLinear:
-        out = StiffLinear.__new__(StiffLinear)
-        out.__dict__.update(self.__dict__)
-        out.z_star = self.z_star.index_select(0, index.to(self.z_star.device))
-        return out
-
-    def initial_state(self) -> Tensor:
-        return torch.zeros_like(self.z_star)
 
 
 @dataclass

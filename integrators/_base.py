@@ -35,7 +35,8 @@ class StepState:
     * `stalled` (b,) bool: set by a method that cannot make progress on a sample (e.g. Anderson);
       the loop ends that sample with Status.STALLED.
     * `settled` (b,) bool: set by a stochastic method whose time-averaged residual reached its noise
-      floor; the loop ends that sample as CONVERGED although the instantaneous residual is above tol.
+      floor; the loop ends that sample as CONVERGED although the instantaneous residual is above
+      tol.
     * `extra`: method-specific tensors, each with leading batch dimension (histories, best iterate).
     """
 
@@ -85,7 +86,7 @@ class StepState:
         return self._rebuild({k: v.index_select(0, index) for k, v in self._tensors().items()})
 
     def merge(self, new: StepState, keep: Tensor) -> StepState:
-        """`new` for the whole batch, except rows where `keep` (b,) is True keep their old values."""
+        """`new` for the whole batch, except rows where `keep` (b,) is True: those stay old."""
         mine, theirs = self._tensors(), new._tensors()
         if mine.keys() != theirs.keys():
             raise RuntimeError(f"state fields changed during a step: {mine.keys() ^ theirs.keys()}")

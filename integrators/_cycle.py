@@ -52,7 +52,8 @@ def detect_cycle(
             the eigenvalue), never a cycle.
 
     Returns:
-        A `CycleReport`; `is_cycle` is True for a floored tail that oscillates (or stays exactly flat).
+        A `CycleReport`; `is_cycle` is True for a floored tail that oscillates (or stays exactly
+        flat).
     """
     r = _as_numpy(trace)
     if min_tail < 2:
@@ -62,7 +63,9 @@ def detect_cycle(
     if not 0.0 < floor_ratio <= 1.0:
         raise ValueError(f"floor_ratio must be in (0, 1], got {floor_ratio}")
     if isinstance(min_oscillations, bool) or not isinstance(min_oscillations, int):
-        raise TypeError(f"min_oscillations must be an integer, got {type(min_oscillations).__name__}")
+        raise TypeError(
+            f"min_oscillations must be an integer, got {type(min_oscillations).__name__}"
+        )
     if min_oscillations < 1:
         raise ValueError(f"min_oscillations must be >= 1, got {min_oscillations}")
     norms = None if state_norm is None else _as_numpy(state_norm)
@@ -73,8 +76,16 @@ def detect_cycle(
     if n < 2 * min_tail:
         floor = float(np.median(r)) if n else float("nan")
         amp = float(np.ptp(r) / 2) if n else float("nan")
-        return CycleReport(False, floor, amp, None, _is_monotone(r), float("nan"), n,
-                           f"trace too short to judge a tail ({n} < 2*min_tail = {2 * min_tail})")
+        return CycleReport(
+            False,
+            floor,
+            amp,
+            None,
+            _is_monotone(r),
+            float("nan"),
+            n,
+            f"trace too short to judge a tail ({n} < 2*min_tail = {2 * min_tail})",
+        )
     tail = r[-length:]
     half = length // 2
     first, second = tail[:half], tail[half:]

@@ -1,13 +1,14 @@
 """The force protocol and the wrapper every integrator calls the force through.
 
-A *force* is any callable `F(z) -> dz/dt` on a tensor `z` of shape (batch, ...). Optional attributes:
+A *force* is any callable `F(z) -> dz/dt` on a tensor `z` of shape (batch, ...). Optional
+attributes:
 
 * `leak` (float, or tensor broadcastable to z) and `nonlinear(z)` with F(z) = -leak * z + N(z):
   the split that IMEX and implicit methods use.
 * `select(index) -> force`: the same force restricted to the samples `index` (a 1-D LongTensor).
   A force bound to per-sample inputs (a transformer bound to its tokens) implements it, so that
-  settled samples stop costing evaluations. Without it the wrapper evaluates the whole batch with the
-  finished samples frozen: always correct, but not cheaper.
+  settled samples stop costing evaluations. Without it the wrapper evaluates the whole batch with
+  the finished samples frozen: always correct, but not cheaper.
 
 `CountedForce` wraps a user force once per settle: it counts evaluations (calls on a (sub-)batch,
 and per sample), checks the output's shape and dtype on every call, and restricts to sub-batches.
@@ -53,7 +54,8 @@ class CountedForce:
     """A force seen through one settle: counted, checked, restrictable.
 
     Shapes: called with z of shape (k, *sample_shape) where k is the number of selected samples.
-    `calls` counts every evaluation (one per call, whatever k; a JVP through the wrapper counts one),
+    `calls` counts every evaluation (one per call, whatever k; a JVP through the wrapper counts
+    one),
     `per_sample` (batch,) counts evaluations per sample of the full batch.
     """
 

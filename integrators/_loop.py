@@ -13,8 +13,8 @@ stays on the state's device; histories are moved to the CPU once, at the end.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,7 +59,9 @@ class LoopOptions:
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress must be a bool, got {type(self.progress).__name__}")
         if self.observer is not None and not callable(self.observer):
-            raise TypeError(f"observer must be callable(z, index), got {type(self.observer).__name__}")
+            raise TypeError(
+                f"observer must be callable(z, index), got {type(self.observer).__name__}"
+            )
 
 
 LOOP_OPTIONS = ("blowup", "cycle_min_tail", "progress", "observer")
@@ -77,7 +79,9 @@ def check_initial_state(z0: Any) -> Tensor:
             f"{tuple(z0.shape)}; add a batch dimension with z0.unsqueeze(0)"
         )
     if z0.shape[0] < 1 or z0[0].numel() < 1:
-        raise ValueError(f"z0 must hold at least one sample and one state entry, got {tuple(z0.shape)}")
+        raise ValueError(
+            f"z0 must hold at least one sample and one state entry, got {tuple(z0.shape)}"
+        )
     if not bool(torch.isfinite(z0).all()):
         raise ValueError("z0 must be finite (it holds NaN or inf)")
     return z0
@@ -157,15 +161,21 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
             steps_per_sample = steps_per_sample.index_add(0, index, torch.ones_like(index))
         hist_res.append(res)
         hist_t.append(state.t)
-        norm = (torch.where(ok, zn, norm) if whole
-                else norm.index_copy(0, index, torch.where(ok, zn, norm[index])))
+        norm = (
+            torch.where(ok, zn, norm)
+            if whole
+            else norm.index_copy(0, index, torch.where(ok, zn, norm[index]))
+        )
         hist_norm.append(norm)
         hist_nfe.append(counted.calls)
         if observe is not None:
             seen = _observe(observe, new.z, None if whole else index, index.numel())
             last = hist_obs[-1]
-            hist_obs.append(torch.where(ok, seen, last) if whole else
-                            last.index_copy(0, index, torch.where(ok, seen, last[index])))
+            hist_obs.append(
+                torch.where(ok, seen, last)
+                if whole
+                else last.index_copy(0, index, torch.where(ok, seen, last[index]))
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"residual {float(res.max()):.2e} active {index.numel()}")
@@ -186,8 +196,9 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         n_i = int(steps_per_sample[i]) + 1
         tail, tail_norm = sample_res[:n_i, i], sample_norm[:n_i, i]
         finite = torch.isfinite(tail)
-        report = detect_cycle(tail[finite], min_tail=options.cycle_min_tail,
-                              state_norm=tail_norm[finite])
+        report = detect_cycle(
+            tail[finite], min_tail=options.cycle_min_tail, state_norm=tail_norm[finite]
+        )
         cycles.append(report)
         if c != _RUNNING:
             statuses.append(_STATUSES[c])
@@ -206,7 +217,9 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     info["tol"] = options.tol
     trace = Trace(
         residual=sample_res.max(dim=1).values,
-        step_residual=to_cpu(torch.stack(hist_step_res)).double() if hist_step_res else torch.zeros(0),
+        step_residual=to_cpu(torch.stack(hist_step_res)).double()
+        if hist_step_res
+        else torch.zeros(0),
         step_size=to_cpu(torch.stack(hist_eps)).double() if hist_eps else torch.zeros(0),
         time=to_cpu(torch.stack(hist_t)).double().max(dim=1).values if method.has_time else None,
         sample_residual=sample_res,

@@ -26,7 +26,8 @@ class Status(enum.Enum):
     LIMIT_CYCLE = "limit_cycle"
     """The residual tail floors above `tol` and oscillates: the state keeps moving on a cycle."""
     DIVERGED = "diverged"
-    """The state or the force became non-finite, or the state exploded; `z` is the last finite state."""
+    """The state or the force became non-finite, or the state exploded; `z` is the last finite
+    state."""
 
     @property
     def severity(self) -> int:
@@ -74,9 +75,10 @@ class Trace:
 
     * `residual`: (n+1,) largest force residual over the batch at each step (finished samples keep
       their final value).
-    * `step_residual`: (n,) largest step residual ||z_{k+1} - z_k|| / ||z_k|| over the active samples
-      (never use it to judge convergence, DOMAIN.md section 2).
-    * `step_size`: (n,) largest step size (time units) over the active samples; NaN for root-finders.
+    * `step_residual`: (n,) largest step residual ||z_{k+1} - z_k|| / ||z_k|| over the active
+      samples (never use it to judge convergence, DOMAIN.md section 2).
+    * `step_size`: (n,) largest step size (time units) over the active samples; NaN for
+      root-finders.
     * `time`: (n+1,) largest continuous time reached; None for root-finders.
     * `sample_residual`: (n+1, batch) force residual of every sample at every step.
     * `sample_time`: (n+1, batch) continuous time of every sample; None for root-finders.

@@ -33,6 +33,7 @@ METHODS: dict[str, type[Integrator]] = {
     "euler-maruyama": EulerMaruyama,
 }
 
+
 def register(name: str, cls: type[Integrator]) -> None:
     """Make a method available by name (for methods defined outside this package)."""
     if not (isinstance(cls, type) and issubclass(cls, Integrator)):
@@ -48,7 +49,9 @@ _SETTLE_PARAMS = {"force", "z0", "method", "tol", "max_steps"}
 
 def _method_params(cls: type[Integrator]) -> list[str]:
     params = inspect.signature(cls.__init__).parameters
-    names = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    names = [
+        p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD
+    ]
     aliases = {target: alias for alias, target in _ALIASES.get(cls, {}).items()}
     return [aliases.get(p, p) for p in names if p not in _SETTLE_PARAMS or p in aliases]
 
@@ -98,7 +101,7 @@ def settle(
 
     Args:
         force: callable F(z) -> dz/dt on tensors of shape (batch, ...); optionally with `leak` and
-            `nonlinear` (F = -leak z + N(z)) and `select(index)` (see `analogeq.integrators._force`).
+            `nonlinear` (F = -leak z + N(z)) and `select(index)` (`analogeq.integrators._force`).
         z0: initial state, shape (batch, ...), finite, floating or complex.
         method: a name in `METHODS` or an `Integrator` instance.
         tol: force-residual tolerance ||F(z)|| / ||z|| per sample (> 0).

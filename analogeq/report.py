@@ -119,9 +119,11 @@ def plot_residuals(
     fig, (ax_nfe, ax_t) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for label, res in results.items():
         y = res.trace.residual.clamp_min(1e-300).numpy()
-        ax_nfe.semilogy(res.trace.nfe.numpy(), y, label=f"{label} ({res.status})")
+        (line,) = ax_nfe.semilogy(res.trace.nfe.numpy(), y, label=f"{label} ({res.status})")
         if res.trace.time is not None:
-            ax_t.semilogy(res.trace.time.numpy() * time_scale, y, label=label)
+            # same colour in both panels (root-finders are missing here, the cycle would shift)
+            ax_t.semilogy(res.trace.time.numpy() * time_scale, y, label=label,
+                          color=line.get_color())
     tol = min((float(r.info.get("tol", math.nan)) for r in results.values()), default=math.nan)
     for ax, xlabel in ((ax_nfe, "force evaluations"), (ax_t, time_label)):
         if not math.isnan(tol):

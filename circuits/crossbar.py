@@ -185,6 +185,14 @@ def ir_drop_load(g: Tensor) -> Tensor:
 # one tile
 
 
+
+def _check_input(x: object, in_features: int) -> None:
+    """A read's input must be a tensor of shape (..., in_features)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"input must have shape (..., {in_features}), got {tuple(x.shape)}")
+
 class Crossbar(nn.Module):
     """One crossbar tile: W = (G_plus - G_minus) / g_ref on two device arrays, with periphery.
 
@@ -307,12 +315,7 @@ class Crossbar(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """y = ADC(amplifier(DAC(x) @ W_read^T)), x (..., in_features) -> y (..., out_features)."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}"
-            )
+        _check_input(x, self.in_features)
         if self.dac is not None:
             x = self.dac(x)
         w = self.effective_weight(noisy=True)
@@ -584,12 +587,7 @@ class AnalogLinear(nn.Module):
 
     # -- reads -----------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}"
-            )
+        _check_input(x, self.in_features)
         if self.dac is not None:
             x = self.dac(x)
         xs = [x[..., i0:i1] for i0, i1 in self._in_splits]

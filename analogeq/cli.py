@@ -26,6 +26,7 @@ import torch
 
 from . import systems
 from ._io import write_json
+from .commands import register_all
 from .circuits import PRESETS
 from .hardware import READ_NOISE_MODES, HardwareConfig, hardware_summary, tau_spread_report
 from .integrators import METHODS, SettleResult, settle
@@ -387,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "built-in --system) and compare them.",
     )
     _add_settle_options(p, None)
+    register_all(sub)  # fidelity, probe, spice, train, ... (analogeq/commands/)
     return parser
 
 
@@ -404,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.system is not None:
             return _run_system(args, methods)
         return _run_model(args, methods)
-    return 2  # pragma: no cover - argparse requires a command
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

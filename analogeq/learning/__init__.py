@@ -22,6 +22,13 @@ from .asymep import AsymEP
 from .bptt import BPTT, bptt_gradient
 from .compare import compare_gradients, comparison_table
 from .holomorphic import HolomorphicEP
+from .regularizers import (
+    JacobianHomeostasis,
+    JacobianPenalty,
+    Regularizer,
+    RegularizerResult,
+    ResidualPenalty,
+)
 
 __all__ = [
     "AsymEP",
@@ -36,4 +43,9 @@ __all__ = [
     "compare_gradients",
     "comparison_table",
     "DEFAULT_GATE_RESIDUAL",
+    "Regularizer",
+    "RegularizerResult",
+    "JacobianPenalty",
+    "JacobianHomeostasis",
+    "ResidualPenalty",
 ]

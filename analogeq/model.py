@@ -113,6 +113,15 @@ class ModelConfig:
             table starts at std embed_scale / sqrt(2) (and the feature projection maps
             unit-variance features to that std).
         attn_gain: multiplier of the attention logit scale 1 / sqrt(head size) (> 0).
+
+    Contraction by construction (DOMAIN.md section 5; `analogeq.contraction`):
+        lipschitz_target: None (off, the default) or a bound L with 0 < L < 1 + c. The branch
+            output maps attn.o and ffn.down are then rescaled (at initialisation and by
+            `model.enforce_lipschitz()`, e.g. after every optimiser step) so that the provable
+            global bound `analogeq.contraction.lipschitz_bound(model).L` is <= L: the force
+            contracts at rate >= 1 + c - L everywhere. The global bound carries LayerNorm's and
+            qk-norm's 1 / sqrt(norm_eps) (no variance floor), so with norm_eps = 1e-5 the
+            couplings end up tiny; a larger norm_eps (e.g. 1.0) keeps them useful.
     """
 
     vocab_size: int | None
@@ -132,6 +141,7 @@ class ModelConfig:
     embed_scale: float = 1.0
     attn_gain: float = 1.0
     dtype: torch.dtype = torch.float32
+    lipschitz_target: float | None = None
 
     def __post_init__(self) -> None:
         unused = self.input_dim is not None and self.n_classes is not None
@@ -170,6 +180,14 @@ class ModelConfig:
                 f"dtype must be a real floating dtype ({', '.join(_DTYPES)}), got {self.dtype!r}"
             )
         object.__setattr__(self, "dtype", dtype)
+        if self.lipschitz_target is not None:
+            target = _float_field("lipschitz_target", self.lipschitz_target, low=0.0, strict=True)
+            if target >= 1.0 + self.c:
+                raise ValueError(
+                    f"lipschitz_target must be < 1 + c = {1.0 + self.c:g} (a larger bound proves "
+                    f"no contraction) or None, got {target}"
+                )
+            object.__setattr__(self, "lipschitz_target", target)
 
     @property
     def head_dim(self) -> int:
@@ -499,6 +517,44 @@ class EquilibriumTransformer(nn.Module):
                     nn.init.ones_(module.weight)
                     if isinstance(module, LayerNorm):
                         nn.init.zeros_(module.bias)
+        if self.config.lipschitz_target is not None:
+            self._project_lipschitz()
+
+    # -- contraction by construction -----------------------------------------------------------
+    def lipschitz_bound(self, **options: Any) -> Any:
+        """`analogeq.contraction.lipschitz_bound(self, **options)`: a provable bound on Lip(N)."""
+        from .contraction import lipschitz_bound
+
+        return lipschitz_bound(self, **options)
+
+    @torch.no_grad()
+    def _project_lipschitz(self) -> Any:
+        from .contraction import lipschitz_bound
+
+        target = self.config.lipschitz_target
+        bound = lipschitz_bound(self, weights="nominal")
+        if bound.L > target:  # type: ignore[operator]
+            # Both terms of the bound are linear in ||W_o|| resp. ||W_down||: one common factor
+            # brings it to the target (with a margin for the rounding of the rescaled weights).
+            factor = target / bound.L * (1.0 - 1e-5)  # type: ignore[operator]
+            for name in ("attn.o", "ffn.down"):
+                self.get_submodule(name).weight.mul_(factor)
+            bound = lipschitz_bound(self, weights="nominal")
+        return bound
+
+    def enforce_lipschitz(self) -> Any:
+        """Contraction by construction: rescale attn.o and ffn.down so that the global bound on
+        Lip(N) is <= `config.lipschitz_target` (nothing changes when it already is), reprogram
+        the crossbars of a hardware model, and return the nominal-weight `Bound`. Call it after
+        every optimiser step. Needs `config.lipschitz_target`."""
+        if self.config.lipschitz_target is None:
+            raise ValueError(
+                "enforce_lipschitz() needs ModelConfig(lipschitz_target=L) with 0 < L < 1 + c"
+            )
+        bound = self._project_lipschitz()
+        if self.hardware is not None:
+            self.program()
+        return bound
 
     # -- properties ------------------------------------------------------------------------------
     @property

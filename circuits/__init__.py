@@ -18,8 +18,19 @@ from .devices import (
     preset,
     rram,
 )
+from .netlist import Netlist, NetlistForce, Reciprocity, from_linear, hopfield, random_hopfield
 from .noise import OUProcess, derive_generator, make_generator
 from .periphery import ADC, DAC, Amplifier, Quantizer
+from .spice import (
+    NgspiceError,
+    NgspiceNotFoundError,
+    SpiceResult,
+    VerifyReport,
+    from_spice,
+    run_ngspice,
+    to_spice,
+    verify,
+)
 
 __all__ = [
     "AnalogLinear",
@@ -44,4 +55,18 @@ __all__ = [
     "ADC",
     "Amplifier",
     "Quantizer",
+    "Netlist",
+    "NetlistForce",
+    "Reciprocity",
+    "from_linear",
+    "hopfield",
+    "random_hopfield",
+    "to_spice",
+    "from_spice",
+    "run_ngspice",
+    "verify",
+    "SpiceResult",
+    "VerifyReport",
+    "NgspiceError",
+    "NgspiceNotFoundError",
 ]

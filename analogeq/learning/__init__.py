@@ -21,6 +21,7 @@ from .adjoint import ImplicitAdjoint, exact_gradient
 from .asymep import AsymEP
 from .bptt import BPTT, bptt_gradient
 from .compare import compare_gradients, comparison_table
+from .device_updates import CrossbarUpdate, DeviceUpdater, UpdateReport
 from .holomorphic import HolomorphicEP
 from .regularizers import (
     JacobianHomeostasis,
@@ -48,4 +49,7 @@ __all__ = [
     "JacobianPenalty",
     "JacobianHomeostasis",
     "ResidualPenalty",
+    "DeviceUpdater",
+    "UpdateReport",
+    "CrossbarUpdate",
 ]

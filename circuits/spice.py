@@ -11,6 +11,8 @@ Deck (`to_spice`), one element per line, SI units, floats written with full prec
     B<name> 0 <out> I=<expr>                 behavioural current source into out
     .options filetype=ascii numdgt=15 reltol=... abstol=... vntol=... chgtol=... trtol=...
     .tran <tstep> <tstop> 0 <tmax> uic       transient from the capacitors' ic= values
+    .ic V(<node>)=<volts> ...                state v0 and the aux nodes' values at v0 (the
+                                             starting point of ngspice's Newton at t = 0)
     .save V(<state>) ...                     (default: the state nodes only)
 
 ngspice lets current flow into a G/B source's first terminal and out of its second, so `0 out`
@@ -176,10 +178,31 @@ def to_spice(
     lines.append(".options filetype=ascii numdgt=15 "
                  + " ".join(f"{k}={_num(v)}" for k, v in opts.items()) + f" method={method}")
     lines.append(f".tran {_num(tstep)} {_num(tstop)} 0 {_num(tmax)} uic")
+    lines.extend(_ic_lines(netlist))
     if save == "state":
         lines.append(".save " + " ".join(f"V({n})" for n in netlist.state_nodes))
     lines.append(".end")
     return "\n".join(lines) + "\n"
+
+
+def _ic_lines(netlist: Netlist) -> list[str]:
+    """.ic V(node)=value for every state node (its v0) and aux node (its value at v0).
+
+    The capacitors' ic= already fix the state; the aux values are the exact solution of the
+    algebraic nodes at t = 0, which ngspice's Newton iteration would otherwise have to find from
+    0 V (a chain of exp, quotients and square roots can diverge from there).
+    """
+    pairs = [(n, netlist.graph.nodes[n]["v0"]) for n in netlist.state_nodes]
+    if netlist.aux_nodes:
+        force = netlist.force(tau=1.0)
+        with torch.no_grad():
+            aux = force.aux(netlist.initial_state(1))[0].tolist()
+        if not all(math.isfinite(a) for a in aux):
+            bad = [n for n, a in zip(netlist.aux_nodes, aux, strict=True) if not math.isfinite(a)]
+            raise ValueError(f"aux node(s) {bad[:5]} are not finite at the initial state v0")
+        pairs += list(zip(netlist.aux_nodes, aux, strict=True))
+    return [".ic " + " ".join(f"V({n})={_num(v)}" for n, v in pairs[i:i + 8])
+            for i in range(0, len(pairs), 8)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -347,7 +347,7 @@ class FidelityReport:
             ax_s.set_xlim(min(arr.real.min(), 0.0) - pad, max(arr.real.max(), 0.0) + pad)
             ax_s.set_ylim(min(arr.imag.min(), -0.5 * span) - pad,
                           max(arr.imag.max(), 0.5 * span) + pad)
-        ax_s.set_aspect("equal", adjustable="datalim")
+        ax_s.set_aspect("equal", adjustable="box")
         ax_s.set_xlabel("Re mu (1/time)")
         ax_s.set_ylabel("Im mu (1/time)")
         ax_s.set_title("Jacobian eigenvalues at the fixed point", fontsize=9)

@@ -44,7 +44,7 @@ class EpsSweep:
     that converged), `step_floor` the median over the same tail of the step residual
     ||z_{k+1} - z_k|| / ||z_k|| (largest over the batch; for Euler it equals eps * g),
     `rho` (batch,) the predicted per-step amplification max |1 + eps mu| over the eigenvalues at
-    the fixed point, `predicted_stable` (batch,) eps < eps_crit.
+    the fixed point, `predicted_stable` (batch,) rho < 1 (eps < eps_crit and no Re mu >= 0).
 
     `eps_crit` (batch,): Euler's critical step at the fixed point `z_star` (`find_eps_crit`);
     `root_residual` (batch,): the force residual at z_star (the prediction is a linear statement
@@ -236,9 +236,10 @@ def eps_sweep(
         sr = res.trace.step_residual
         m = max(1, int(tail_fraction * sr.numel()))
         step_floors.append(float(sr[-m:].median()) if sr.numel() else math.nan)
-        rhos.append(torch.tensor([float(np.abs(1 + eps * p).max()) if p.size else math.nan
-                                  for p in pools], dtype=torch.float64))
-        preds.append(torch.tensor([eps < float(e) for e in eps_crit], dtype=torch.bool))
+        rho = torch.tensor([float(np.abs(1 + eps * p).max()) if p.size else math.nan
+                            for p in pools], dtype=torch.float64)
+        rhos.append(rho)
+        preds.append(rho < 1)  # every mode contracts under I + eps J (eps < eps_crit, no Re >= 0)
     return EpsSweep(
         eps=tuple(eps_list), total_time=float(total_time), steps=tuple(steps),
         status=tuple(statuses), force_floor=tuple(force_floors), step_floor=tuple(step_floors),

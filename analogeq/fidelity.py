@@ -74,6 +74,14 @@ REFERENCE_RTOL, REFERENCE_ATOL = 1e-8, 1e-10
 state's dtype (a float32 reference is a consistency check, not a reference)."""
 
 
+NOISE_RATIO = 1.0
+"""A stochastic run that ends on a floor (LIMIT_CYCLE or MAX_STEPS by the loop's tail test) around
+a stable fixed point, with a stable Euler map at its step and a drift/noise power ratio Q <= this
+(EulerMaruyama's `drift_noise_ratio`: the noise moves the state more than the drift), is reported
+as a noise floor, whatever the method's own `max_drift_ratio` (which only decides when its run
+stops)."""
+
+
 def default_reference(dtype: torch.dtype = torch.float64) -> ODESolver:
     """The continuous reference: dopri5 at rtol 1e-8, atol 1e-10 (floored for the dtype)."""
     eps = torch.finfo(dtype).eps
@@ -425,7 +433,7 @@ def _judge(
         euler_ok = h is None or not stable_off
         floor_like = (not settled and status in (Status.LIMIT_CYCLE, Status.MAX_STEPS)
                       and stability == "stable" and euler_ok and math.isfinite(q_i)
-                      and q_i <= inst.max_drift_ratio)
+                      and q_i <= NOISE_RATIO)
         if by_rule or floor_like:
             noise_floor = nf_i if math.isfinite(nf_i) else floor
             settled = True

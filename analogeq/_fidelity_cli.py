@@ -1,0 +1,102 @@
+"""Shared pieces of the `analogeq fidelity` and `analogeq probe` subcommands: model options, the
+default model, built-in systems, and method parsing."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from . import systems
+from .integrators import METHODS
+from .integrators.settle import make_method
+from .scenarios import RealSaddle
+
+EPS_METHODS = ("euler", "imex", "implicit", "euler-maruyama")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The default model's shape and initialisation (used when no scenario/system is given)."""
+    m = p.add_argument_group("model (when no --scenario / --system is given)")
+    m.add_argument("--vocab", type=int, default=64, help="vocabulary size (64)")
+    m.add_argument("--d-model", type=int, default=64, help="channels C (64)")
+    m.add_argument("--heads", type=int, default=4, help="attention heads (4)")
+    m.add_argument("--context", type=int, default=32, help="tokens per sequence T (32)")
+    m.add_argument("--c", type=float, default=1.0, help="extra leak c: decay rate 1 + c (1)")
+    m.add_argument("--init-scale", type=float, default=None,
+                   help="gain of attn.o and ffn.down (ModelConfig default)")
+    m.add_argument("--attn-gain", type=float, default=1.0, help="attention logit gain (1)")
+    m.add_argument("--float64", action="store_true", help="build the model in float64")
+
+
+def build_model(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
+    """The digital model from the options and seeded random tokens (batch, context)."""
+    from .model import EquilibriumTransformer, ModelConfig
+
+    fields: dict[str, Any] = dict(vocab_size=args.vocab, d_model=args.d_model, n_heads=args.heads,
+                                  context=args.context, c=args.c, attn_gain=args.attn_gain,
+                                  dtype=torch.float64 if args.float64 else torch.float32)
+    if args.init_scale is not None:
+        fields["init_scale"] = args.init_scale
+    try:
+        config = ModelConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"analogeq: bad model option: {exc}") from None
+    model = EquilibriumTransformer(config, seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.context), generator=gen)
+    return model, tokens
+
+
+SYSTEM_NAMES = ("rotor", "hopf", "contractive", "stiff", "saddle")
+
+
+def build_system(name: str, batch: int, seed: int) -> tuple[Any, torch.Tensor]:
+    """A built-in system and its start state (`analogeq.systems`, plus the saddle of
+    `analogeq.scenarios`). rotor: a = 1, b = 5 (eps_crit 1/13 < 0.1)."""
+    if name == "rotor":
+        f: Any = systems.SaturatingRotor(a=1.0, b=5.0, batch=batch)
+    elif name == "hopf":
+        f = systems.HopfOscillator(batch=batch)
+    elif name == "contractive":
+        f = systems.ContractiveTanh(batch=batch, seed=seed)
+    elif name == "stiff":
+        f = systems.StiffLinear(batch=batch, seed=seed)
+    elif name == "saddle":
+        f = RealSaddle(batch=batch)
+    else:
+        raise SystemExit(f"analogeq: unknown system {name!r}; choose one of {SYSTEM_NAMES}")
+    return f, f.initial_state()
+
+
+def parse_methods(text: str, eps: float | None, sigma: float, seed: int) -> list[Any]:
+    """Comma-separated method names -> Integrator instances, eps applied where it exists."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if not names or unknown:
+        raise SystemExit(f"analogeq: unknown method(s) {unknown}; available: {sorted(METHODS)}")
+    out = []
+    for name in names:
+        opts: dict[str, Any] = {}
+        if eps is not None and name in EPS_METHODS:
+            opts["eps"] = eps
+        if name == "euler-maruyama":
+            opts.update(sigma=sigma, seed=seed)
+        try:
+            inst, _ = make_method(name, opts)
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"analogeq: bad option for {name}: {exc}") from None
+        out.append(inst)
+    return out
+
+
+def check_common(args: argparse.Namespace) -> None:
+    if args.batch < 1:
+        raise SystemExit(f"analogeq: --batch must be >= 1, got {args.batch}")
+    if getattr(args, "tol", None) is not None and args.tol <= 0:
+        raise SystemExit(f"analogeq: --tol must be > 0, got {args.tol}")
+    if getattr(args, "eps", None) is not None and args.eps <= 0:
+        raise SystemExit(f"analogeq: --eps must be > 0, got {args.eps}")
+    if getattr(args, "k", 1) < 1:
+        raise SystemExit(f"analogeq: --k must be >= 1, got {args.k}")

@@ -6,8 +6,11 @@ diverged samples leave the active set at once and cost no more evaluations (STYL
 Samples still running when the budget ends are classified from their own residual tail by
 `detect_cycle`: LIMIT_CYCLE, MAX_STEPS, or STALLED at the dtype's precision floor.
 
-Host syncs: one per step (finding the active rows needs their count on the host). Everything else
-stays on the state's device; histories are moved to the CPU once, at the end.
+The running samples are kept *compacted*: the method steps a state that holds only them, and rows
+are gathered and scattered only when a sample leaves (at most `batch` times per run), never on an
+ordinary step. Host syncs: one per step (whether any sample left or failed, two flags read
+together), plus one when the working set shrinks. Everything else stays on the state's device;
+histories are moved to the CPU once, at the end.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._base import PRECISION_FLOOR_EPS, Integrator, StepState, check_positive, check_range
 from ._cycle import detect_cycle
-from ._force import CountedForce, force_residual, step_residual
+from ._force import CountedForce, force_residual
 from ._result import CycleReport, SettleResult, Status, Trace, to_cpu, worst_status
 
 _RUNNING = -1
+_NAN = float("nan")
 _CODES = {s: i for i, s in enumerate(Status)}
 _STATUSES = list(Status)
 
@@ -98,92 +103,138 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         _ = counted.leak  # raises a TypeError that says what the method needs
     batch = z0.shape[0]
     dims = tuple(range(1, z0.ndim))
+    dev = z0.device
 
     with torch.no_grad():
         f0 = counted(z0)
-    state = method.init(counted, z0, f0)
-    res = force_residual(state.z, state.f)
-    real = res.dtype
-    finite0 = torch.isfinite(state.f).flatten(1).all(1)
-    scale = torch.linalg.vector_norm(z0, dim=dims) + torch.linalg.vector_norm(
-        torch.nan_to_num(state.f), dim=dims
+    full = method.init(counted, z0, f0)
+    real = full.t.dtype
+    tiny = torch.finfo(real).tiny
+    # Per-sample bookkeeping (statuses, residuals, norms, times, counters) lives on the host, in
+    # float64: a few (batch,)-sized numbers per step, fetched in the one transfer the step needs
+    # anyway. On the device it would cost ~30 tiny kernel launches per step (BENCHMARKS.md).
+    first = torch.stack(
+        (
+            torch.linalg.vector_norm(full.z, dim=dims).to(real),
+            torch.linalg.vector_norm(full.f, dim=dims).to(real),
+            torch.linalg.vector_norm(torch.nan_to_num(full.f), dim=dims).to(real),
+            full.t,
+        )
     )
-    limit = options.blowup * scale.clamp_min(torch.finfo(real).tiny)
+    zn0, fn0, fn0_finite, t0 = _host(first)
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = fn0 / np.maximum(zn0, tiny)
+    finite0 = np.isfinite(fn0) & np.isfinite(zn0)
+    limit = options.blowup * np.maximum(zn0 + fn0_finite, tiny)
+    code = np.full(batch, _RUNNING, dtype=np.int64)
+    code[~finite0] = _CODES[Status.DIVERGED]
+    code[finite0 & (res <= options.tol)] = _CODES[Status.CONVERGED]
+    res = np.where(finite0, res, np.inf)
+    norm = zn0
+    steps_per_sample = np.zeros(batch, dtype=np.int64)
 
-    code = torch.full((batch,), _RUNNING, dtype=torch.long, device=z0.device)
-    code = torch.where(~finite0, _CODES[Status.DIVERGED], code)
-    code = torch.where(finite0 & (res <= options.tol), _CODES[Status.CONVERGED], code)
-    res = torch.where(finite0, res, torch.full_like(res, float("inf")))
-    steps_per_sample = torch.zeros(batch, dtype=torch.long, device=z0.device)
-
-    hist_res, hist_t, hist_nfe = [res], [state.t], [counted.calls]
-    norm = torch.linalg.vector_norm(state.z, dim=dims).to(real)
-    hist_norm = [norm]
+    hist_res, hist_t, hist_nfe, hist_norm = [res], [t0], [counted.calls], [norm]
     observe = options.observer
-    hist_obs = [_observe(observe, state.z, None, batch)] if observe is not None else []
-    nan = torch.full((), float("nan"), dtype=real, device=z0.device)
-    hist_step_res: list[Tensor] = []
-    hist_eps: list[Tensor] = []
+    hist_obs = [_observe(observe, full.z, None, batch)] if observe is not None else []
+    hist_step_res: list[float] = []
+    hist_eps: list[float] = []
     bar = _progress_bar(options, method.name)
+
+    # The working set: the running samples only, compacted. `rows` are their indices into the
+    # batch (None: the whole batch, in order; `rows_np` the same on the host). It changes at most
+    # `batch` times per run, so the state is gathered and scattered only then, never on an
+    # ordinary step (a take/put of every state tensor per step was the loop's largest cost,
+    # BENCHMARKS.md). `full` holds the finished samples; the running ones are scattered back into
+    # it when they finish.
+    work, rows, rows_np, view = full, None, np.arange(batch), counted
+    if not bool((code == _RUNNING).all()):
+        rows_np = np.flatnonzero(code == _RUNNING)
+        rows = torch.from_numpy(rows_np).to(dev)
+        work, view = full.take(rows), counted.restrict(rows)
+    scratch = torch.empty_like(work.z)  # for z_new - z: reused, no fresh memory per step
     steps = 0
     for _ in range(options.max_steps):
-        active = code == _RUNNING
-        index = active.nonzero().squeeze(1)  # the one host sync per step
-        if index.numel() == 0:
+        if rows_np.size == 0:
             break
         steps += 1
-        whole = index.numel() == batch
-        counted.refresh(state.z)
-        view = counted if whole else counted.restrict(index)
-        sub = state if whole else state.take(index)
         with torch.no_grad():
-            new = method.step(view, sub)
-        # Norms once: a non-finite entry makes its norm non-finite, so they double as the finiteness
-        # check (zn <= limit is False for NaN and inf) without two more passes over the state.
-        zn = torch.linalg.vector_norm(new.z, dim=dims)
-        fn = torch.linalg.vector_norm(new.f, dim=dims)
-        r = fn / zn.clamp_min(torch.finfo(real).tiny)
-        ok = torch.isfinite(fn) & (zn <= limit[index]) & torch.isfinite(r)
-        hist_step_res.append(torch.where(ok, step_residual(new.z, sub.z), 0).max())
-        # The step actually taken (after any shrink or retry), not the next proposal in new.eps.
-        hist_eps.append(torch.where(ok, new.t - sub.t, 0).max() if method.has_time else nan)
-        state = state.merge(new, keep=~ok) if whole else state.put(index, new, keep=~ok)
-        sub_code = torch.where(~ok, _CODES[Status.DIVERGED], _RUNNING)
-        sub_code = torch.where(ok & new.stalled, _CODES[Status.STALLED], sub_code)
-        done = ok & ((r <= options.tol) | new.settled)
-        sub_code = torch.where(done, _CODES[Status.CONVERGED], sub_code)
-        if whole:
-            code, res = sub_code, torch.where(ok, r, res)
-            steps_per_sample = steps_per_sample + 1
-        else:
-            code = code.index_copy(0, index, sub_code)
-            res = res.index_copy(0, index, torch.where(ok, r, res[index]))
-            steps_per_sample = steps_per_sample.index_add(0, index, torch.ones_like(index))
-        hist_res.append(res)
-        hist_t.append(state.t)
-        norm = (
-            torch.where(ok, zn, norm)
-            if whole
-            else norm.index_copy(0, index, torch.where(ok, zn, norm[index]))
+            new = method.step(view, work)
+        torch.sub(new.z, work.z, out=scratch)
+        flags = torch.stack(
+            (
+                torch.linalg.vector_norm(new.z, dim=dims).to(real),
+                torch.linalg.vector_norm(new.f, dim=dims).to(real),
+                torch.linalg.vector_norm(scratch, dim=dims).to(real),
+                new.t,
+                new.stalled.to(real),
+                new.settled.to(real),
+            )
         )
+        zn, fn, dzn, t_new, stalled, settled = _host(flags)  # the one host sync per step
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN norms are judged below
+            r = fn / np.maximum(zn, tiny)
+            dz = dzn / np.maximum(norm[rows_np], tiny)  # step residual ||z_new - z|| / ||z||
+        # A non-finite entry makes its norm non-finite, so the norms double as the finiteness
+        # check (zn <= limit is False for NaN and inf).
+        ok = (zn <= limit[rows_np]) & np.isfinite(r)
+        old_norm, old_t = norm[rows_np], hist_t[-1][rows_np]
+        hist_step_res.append(float(np.where(ok, dz, 0.0).max()))
+        # The step actually taken (after any shrink or retry), not the next proposal in new.eps.
+        hist_eps.append(float(np.where(ok, t_new - old_t, 0.0).max()) if method.has_time else _NAN)
+        sub_code = np.where(ok, _RUNNING, _CODES[Status.DIVERGED])
+        sub_code[ok & (stalled > 0)] = _CODES[Status.STALLED]
+        sub_code[ok & ((r <= options.tol) | (settled > 0))] = _CODES[Status.CONVERGED]
+        all_ok = bool(ok.all())
+        if not all_ok:  # rare: keep the last finite state of the failed samples
+            new = work.merge(new, keep=torch.from_numpy(~ok).to(dev))
+        code, res, norm = code.copy(), res.copy(), norm.copy()
+        t_now = hist_t[-1].copy()
+        code[rows_np] = sub_code
+        res[rows_np] = np.where(ok, r, res[rows_np])
+        norm[rows_np] = np.where(ok, zn, old_norm)
+        t_now[rows_np] = np.where(ok, t_new, old_t)
+        steps_per_sample[rows_np] += 1
+        hist_res.append(res)
+        hist_t.append(t_now)
         hist_norm.append(norm)
         hist_nfe.append(counted.calls)
         if observe is not None:
-            seen = _observe(observe, new.z, None if whole else index, index.numel())
+            seen = _observe(observe, new.z, rows, rows_np.size)
             last = hist_obs[-1]
+            keep_ok = torch.from_numpy(ok).to(dev)
             hist_obs.append(
-                torch.where(ok, seen, last)
-                if whole
-                else last.index_copy(0, index, torch.where(ok, seen, last[index]))
+                torch.where(keep_ok, seen, last)
+                if rows is None
+                else last.index_copy(0, rows, torch.where(keep_ok, seen, last[rows]))
             )
+        still = sub_code == _RUNNING
+        if still.all():
+            work = new
+        else:  # some samples finished: scatter them into `full`, compact the rest
+            gone = torch.from_numpy(np.flatnonzero(~still)).to(dev)
+            stay = torch.from_numpy(np.flatnonzero(still)).to(dev)
+            gone_rows = gone if rows is None else rows.index_select(0, gone)
+            full = _scatter(full, new, gone_rows, gone, batch)
+            work = new.take(stay)
+            rows = stay if rows is None else rows.index_select(0, stay)
+            rows_np = rows_np[still]
+            # Frozen rows for forces without `select` (a view copies them when it is made).
+            view.refresh(full.z)
+            view = view.restrict(stay)
+            scratch = torch.empty_like(work.z)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix_str(f"residual {float(res.max()):.2e} active {index.numel()}")
+            bar.set_postfix_str(f"residual {res.max():.2e} active {rows_np.size}")
     if bar is not None:
         bar.close()
+    if rows_np.size > 0:  # samples still running when the budget ended
+        idx = torch.arange(rows_np.size, device=dev)
+        full = _scatter(full, work, idx if rows is None else rows, idx, batch)
+    state = full
 
-    sample_res = to_cpu(torch.stack(hist_res)).to(torch.float64)
-    sample_norm = to_cpu(torch.stack(hist_norm)).to(torch.float64)
+    sample_res = torch.from_numpy(np.stack(hist_res))
+    sample_norm = torch.from_numpy(np.stack(hist_norm))
+    sample_time = torch.from_numpy(np.stack(hist_t))
     final_codes = code.tolist()
     statuses: list[Status] = []
     cycles: list[CycleReport | None] = []
@@ -217,13 +268,11 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     info["tol"] = options.tol
     trace = Trace(
         residual=sample_res.max(dim=1).values,
-        step_residual=to_cpu(torch.stack(hist_step_res)).double()
-        if hist_step_res
-        else torch.zeros(0),
-        step_size=to_cpu(torch.stack(hist_eps)).double() if hist_eps else torch.zeros(0),
-        time=to_cpu(torch.stack(hist_t)).double().max(dim=1).values if method.has_time else None,
+        step_residual=torch.tensor(hist_step_res, dtype=torch.float64),
+        step_size=torch.tensor(hist_eps, dtype=torch.float64),
+        time=sample_time.max(dim=1).values if method.has_time else None,
         sample_residual=sample_res,
-        sample_time=to_cpu(torch.stack(hist_t)).double() if method.has_time else None,
+        sample_time=sample_time if method.has_time else None,
         nfe=torch.tensor(hist_nfe, dtype=torch.long),
         observed=to_cpu(torch.stack(hist_obs)).double() if hist_obs else None,
         sample_state_norm=sample_norm,
@@ -239,11 +288,24 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         wall_time=time.perf_counter() - wall0,
         sample_status=tuple(statuses),
         nfe_per_sample=counted.per_sample,
-        steps_per_sample=steps_per_sample,
+        steps_per_sample=torch.from_numpy(steps_per_sample).to(dev),
         cycles=tuple(cycles),
         method=method.name,
         info=info,
     )
+
+
+def _host(values: Tensor) -> np.ndarray:
+    """A (k, batch) device tensor as float64 numpy rows (one transfer)."""
+    return values.detach().to("cpu").to(torch.float64).numpy()
+
+
+def _scatter(full: StepState, new: StepState, rows: Tensor, local: Tensor, batch: int) -> StepState:
+    """`full` with rows `rows` replaced by rows `local` of `new` (the whole of `new` if it covers
+    the batch in order)."""
+    if rows.numel() == batch and new.z.shape[0] == batch and local.numel() == batch:
+        return new
+    return full.put(rows, new.take(local))
 
 
 def _observe(observer: Callable, z: Tensor, index: Tensor | None, k: int) -> Tensor:

@@ -69,9 +69,17 @@ Safeguards, per sample, without host syncs:
   extrapolation) from its best point, its gain scale s halved (for good), following the flow like
   Euler, which leads out of places where the secant model misleads Anderson (a saturated force, a
   local minimum of ||F||); then it accelerates again. A relaxation window without progress ends
-  the sample STALLED (Status.STALLED): neither root-finding nor relaxation gets anywhere. Known
-  limit: near a "ghost" (a near-root the flow passes slowly, ||F|| first rising on the way out)
-  both can stall although the flow settles later; STALLED is evidence, the ODE reference decides.
+  the sample *settling*: it follows the undamped Picard flow from where it is, for good (no
+  extrapolation, no rejection of a rising ||F||). This is how it leaves a "ghost": a point of small
+  but non-zero residual, which the secant model keeps returning to and from which the flow must
+  first climb (measured on the gain-3 block of benchmarks/operators.py: the best Anderson point of
+  one sample sat at residual 4e-3, and the flow out of it rose to 1.4e-2 before it fell to a stable
+  root; that sample has at least two stable roots, 76 % apart, and Anderson and IMEX from z0 = 0
+  end at different ones). A settling sample progresses while its residual drops
+  10 % below its peak since the last drop; `_SETTLE_WINDOWS` windows without that, or a residual
+  10x the one it started settling from (a runaway: no root ahead, e.g. a finite-time blow-up), end
+  it STALLED at its best point. An oscillating settling flow keeps progressing, and the loop's
+  cycle test judges its tail (LIMIT_CYCLE). STALLED is evidence; the ODE reference decides.
 """
 
 from __future__ import annotations
@@ -100,6 +108,9 @@ _REJECT_GROWTH = 10.0
 _GAIN_SHRINK = 0.5
 # Longest move of one iteration, in units of the sample's scale ||x_k|| + max_i ||r_i||.
 _REACH = 1.0
+# Relaxation windows (of `stall_patience` iterations) a settling sample may go without a 10 % drop
+# of its own residual before it is STALLED.
+_SETTLE_WINDOWS = 4
 
 
 class Anderson(Integrator):
@@ -124,7 +135,7 @@ class Anderson(Integrator):
     """
 
     name = "anderson"
-    default_max_steps = 500
+    default_max_steps = 2000
     has_time = False
 
     def __init__(
@@ -221,6 +232,8 @@ class Anderson(Integrator):
             stall_fn=fn0,
             since=torch.zeros(b, dtype=torch.long, device=dev),
             relax=torch.zeros(b, dtype=torch.long, device=dev),
+            settling=torch.zeros(b, dtype=torch.bool, device=dev),
+            settle_from=res0,
             restarts=torch.zeros(b, dtype=torch.long, device=dev),
         )
         return StepState.start(z0, f0, self.resolved_eps(force), **extra)
@@ -245,7 +258,8 @@ class Anderson(Integrator):
         valid = ex["valid"] | here
 
         alpha, cond = mixing_weights(gram, valid, self.regularization)
-        relaxing = ex["relax"] > 0
+        settling = ex["settling"]
+        relaxing = (ex["relax"] > 0) | settling
         restart = ~relaxing & (~torch.isfinite(cond) | (cond > self.restart_cond))
         picard = (restart | relaxing).unsqueeze(1)
         valid = torch.where(picard, here, valid)
@@ -269,7 +283,9 @@ class Anderson(Integrator):
         fn = torch.linalg.vector_norm(f_new, dim=dims)
         res = fn / zn.clamp_min(torch.finfo(zn.dtype).tiny)
         finite = torch.isfinite(zn) & torch.isfinite(fn)
-        reject = ~finite | (fn > _REJECT_GROWTH * ex["least_fn"])
+        # While settling (following the flow for good) ||F|| may rise on the way to the root: only
+        # a non-finite force is refused then.
+        reject = ~finite | (~settling & (fn > _REJECT_GROWTH * ex["least_fn"]))
         # A rejected sample goes back to its best point, unless it has none with a finite residual
         # yet (z0 = 0, where ||F|| / ||z|| is infinite and the loop would call the state diverged):
         # then a finite new point is kept. Either way the history is cleared and the gain cut.
@@ -286,34 +302,54 @@ class Anderson(Integrator):
 
         # Progress is a 10 % drop of the best force residual or of the smallest ||F|| (the relative
         # residual alone can rise while a far-away iterate approaches the root).
-        down_res = best_res < _STALL_FACTOR * ex["stall_ref"]
-        down_fn = least_fn < _STALL_FACTOR * ex["stall_fn"]
-        stall_ref = torch.where(down_res, best_res, ex["stall_ref"])
+        # While settling, progress is judged on the flow's own path: a 10 % drop of the current
+        # residual below its peak since the last drop (leaving a ghost, the residual first rises;
+        # an oscillating flow keeps "progressing" and the loop's cycle test judges its tail).
+        now = torch.where(back, ex["stall_ref"], res)
+        peak = torch.where(settling, torch.maximum(ex["stall_ref"], now), ex["stall_ref"])
+        down_res = torch.where(settling, now, best_res) < _STALL_FACTOR * peak
+        down_fn = ~settling & (least_fn < _STALL_FACTOR * ex["stall_fn"])
+        stall_ref = torch.where(down_res, torch.where(settling, now, best_res), peak)
         stall_fn = torch.where(down_fn, least_fn, ex["stall_fn"])
         since = torch.where(down_res | down_fn, 0, ex["since"] + 1)
         # No progress for a whole Anderson window: relax (damped Picard steps, no extrapolation,
         # half the gain) from the best point for a window, then accelerate again. Only a
         # relaxation window without progress ends the sample STALLED.
+        # A relaxation window without progress either: the sample settles, i.e. follows the damped
+        # Picard flow from where it is for good (an Anderson best point far from any root, a
+        # "ghost", can only be left that way); only `_SETTLE_WINDOWS` relaxation windows without
+        # progress of the flow end it STALLED.
         expired = since >= self.stall_patience
         enter = expired & ~relaxing
+        go_settle = expired & relaxing & ~settling
+        # A settling flow that runs away (its residual 10x the one it started from: no root
+        # ahead, e.g. a finite-time blow-up) ends STALLED at the best point too.
+        runaway = settling & (res > _REJECT_GROWTH * ex["settle_from"])
+        stalled = settling & ((since >= _SETTLE_WINDOWS * self.stall_patience) | runaway)
         relax = torch.where(enter, self.stall_patience, (ex["relax"] - 1).clamp_min(0))
-        since = torch.where(enter, 0, since)
+        since = torch.where(enter | go_settle, 0, since)
+        stall_ref = torch.where(go_settle, res, stall_ref)
+        settle_from = torch.where(go_settle, res, ex["settle_from"])
+        # Settling follows the undamped map again (the relaxation window's halved gain was a
+        # guess against overshoot; rejections keep their own cuts).
+        scale = torch.where(go_settle, (scale / _GAIN_SHRINK).clamp(max=1.0), scale)
+        settling = settling | go_settle
         scale = torch.where(enter, scale * _GAIN_SHRINK, scale)
         valid = valid & ~(reject | enter).unsqueeze(1)
 
         # The best point was not replaced by a rejected one, so it is the way home for both.
-        home = (back | enter).view(bcast)
+        home = (back | enter | runaway).view(bcast)
         extra = dict(
             XR=XR, gram=gram, valid=valid, count=ex["count"] + 1, scale=scale,
             least_fn=least_fn, best_z=best_z, best_f=best_f, best_res=best_res,
             stall_ref=stall_ref, stall_fn=stall_fn, since=since, relax=relax,
-            restarts=ex["restarts"] + restart.long(),
+            settling=settling, settle_from=settle_from, restarts=ex["restarts"] + restart.long(),
         )
         return state.replace(
             z=torch.where(home, best_z, z_new),
             f=torch.where(home, best_f, f_new),
             rejected=state.rejected + back.long(),
-            stalled=state.stalled | (expired & relaxing),
+            stalled=state.stalled | stalled,
             extra=extra,
         )
 

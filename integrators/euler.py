@@ -6,6 +6,8 @@ even where the continuous dynamics settle (a discretization artifact, DOMAIN.md 
 
 from __future__ import annotations
 
+import torch
+
 from ._base import Integrator, StepState, check_positive
 from ._force import CountedForce
 
@@ -25,5 +27,5 @@ class ExplicitEuler(Integrator):
 
     def step(self, force: CountedForce, state: StepState) -> StepState:
         eps = state.eps.view(-1, *([1] * (state.z.ndim - 1))).to(state.z.dtype)
-        z = state.z + eps * state.f
+        z = torch.addcmul(state.z, eps, state.f)  # one pass, one fresh tensor
         return state.replace(z=z, f=force(z), t=state.t + state.eps)

@@ -348,3 +348,39 @@ def test_eps_that_makes_no_picard_map_is_rejected():
     res = settle(force, torch.zeros(1, 3, dtype=F64), Anderson(eps=math.inf), tol=1e-10)
     assert res.status is Status.CONVERGED and res.info["eps"] == math.inf
     np.testing.assert_allclose(res.z.numpy(), force.z_star.numpy(), atol=1e-9)
+
+
+# -- a ghost: a near-root far from the root ------------------------------------------------------
+def _block_g3():
+    """The gain-3 transformer block of benchmarks/operators.py (B8 T64 C128), float32."""
+    import pathlib
+    import sys
+
+    bench = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    from operators import block_operator
+
+    return block_operator(3.0)
+
+
+def test_default_leaves_a_ghost_and_converges_where_the_flow_does():
+    # On this block one sample's Anderson best point is a ghost (residual ~4e-3, where the secant
+    # model keeps returning); the IMEX flow converges every sample. The default must not stop at
+    # the ghost: it settles out of it to a root that the flow itself attracts to.
+    op = _block_g3()
+    flow = settle(op.force, op.z0.clone(), "imex", eps=0.5, tol=1e-5, max_steps=3000)
+    assert flow.status is Status.CONVERGED
+    res = settle(op.force, op.z0.clone(), tol=1e-5)
+    assert res.status is Status.CONVERGED, res.sample_status
+    # Masking keeps the slow samples cheap: fewer full-batch-equivalent evaluations than IMEX.
+    assert float(res.nfe_per_sample.sum()) < float(flow.nfe_per_sample.sum())
+    # Each root is an attractor of the continuous flow (not a saddle a root-finder can also
+    # reach): the flow started 1 % away returns to it.
+    gen = torch.Generator().manual_seed(0)
+    kick = torch.randn(res.z.shape, generator=gen, dtype=res.z.dtype)
+    kick = kick * (0.01 * res.z.flatten(1).norm(dim=1) / kick.flatten(1).norm(dim=1)).view(-1, 1, 1)
+    back = settle(op.force, res.z + kick, "imex", eps=0.5, tol=1e-6, max_steps=3000)
+    assert back.status is Status.CONVERGED
+    rel = (back.z - res.z).flatten(1).norm(dim=1) / res.z.flatten(1).norm(dim=1)
+    assert float(rel.max()) < 2e-3

@@ -19,7 +19,7 @@ Checks (plain functions: no hypothesis needed):
 
 Example::
 
-    from hypothesis import given, settings
+    from hypothesis import given, settings, strategies as st
     from analogeq import EquilibriumTransformer
     from analogeq.testing import assert_contracts, assert_settles, model_configs, tokens
 

@@ -250,7 +250,7 @@ class Anderson(Integrator):
         # and column of the Gram matrix.
         slot = ex["count"] % m
         here = slot.unsqueeze(1) == torch.arange(m, device=z.device)  # (b, m)
-        XR = _ring_write(ex["XR"], slot, torch.cat([x, r], dim=1))
+        XR = _ring_write(ex["XR"], slot, x, r)
         R = XR[:, :, n:]
         g = torch.matmul(R.conj(), r.unsqueeze(-1)).squeeze(-1)  # g_i = <r_i, r_k>, (b, m)
         gram = torch.where(here.unsqueeze(1), g.unsqueeze(2), ex["gram"])  # column k
@@ -375,17 +375,23 @@ class Anderson(Integrator):
         }
 
 
-def _ring_write(ring: Tensor, slot: Tensor, rows: Tensor) -> Tensor:
-    """Write rows (b, k) into ring (b, m, k) at slot (b,), in place, and return the ring.
+def _ring_write(ring: Tensor, slot: Tensor, x: Tensor, r: Tensor) -> Tensor:
+    """Write rows x and r (b, n) side by side into ring (b, m, 2n) at slot (b,), in place, and
+    return the ring.
 
     In place because a copy of the whole history per iteration costs more than the mixing itself
-    (and, for large states on the CPU, fresh page-faulted memory). It is safe with the settle loop:
-    it hands `step` either a state it owns or a fresh `take` copy and only reads the returned state;
-    the overwritten slot holds the pair about to leave the history, and a sample whose new state
-    the loop refuses (DIVERGED) never steps again. A caller that reuses a state after `step` must
-    copy `extra["XR"]` first.
+    (and, for large states on the CPU, fresh page-faulted memory); x and r go into the two halves
+    directly, without a concatenated (b, 2n) copy. It is safe with the settle loop: the loop hands
+    `step` a state it owns (its compacted working set, or a fresh `take` copy) and only reads the
+    returned state; the overwritten slot holds the pair about to leave the history, and a sample
+    whose new state the loop refuses (DIVERGED) never steps again. A caller that reuses a state
+    after `step` must copy `extra["XR"]` first.
     """
-    return ring.index_put_((torch.arange(ring.shape[0], device=ring.device), slot), rows)
+    n = x.shape[1]
+    rows = torch.arange(ring.shape[0], device=ring.device)
+    ring[:, :, :n].index_put_((rows, slot), x)
+    ring[:, :, n:].index_put_((rows, slot), r)
+    return ring
 
 
 def _check_half_open(name: str, value: Any, shown: str, inside: Any) -> float:

@@ -1070,6 +1070,7 @@ def from_linear(layer: Any, x: Tensor | Sequence[float], *, tau: float = 1e-7,
         net.add_input(f"x{j}", float(xs[j]))
     bias = getattr(layer, "bias", None)
     if bias is not None:
+        bias = bias.detach()
         net.add_input("one", 1.0)
     for i in range(layer.out_features):
         net.add_state(f"y{i}", capacitance=tau * g_ref, leak=g_ref)

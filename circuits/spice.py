@@ -352,6 +352,8 @@ def from_spice(deck: str) -> Netlist:
             net.add_aux(n, pending.pop(n))
     for lineno, toks, expr in devices:
         kind, name = toks[0][0].upper(), toks[0][1:]
+        if not name or name.lower() in net._dev_lower or not name[0].isalnum():
+            name = toks[0]  # hand-written decks: R1 and G1 would both be "1"
         if kind == "R":
             if len(toks) != 4:
                 raise ValueError(f"deck line {lineno}: expected 'R<name> a b ohms'")

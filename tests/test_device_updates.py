@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analogeq.hardware import HardwareConfig
-from analogeq.learning import DeviceUpdater, UpdateReport
+from analogeq.learning import DeviceUpdater, UpdateReport, outer_factors
 from analogeq.model import EquilibriumTransformer, ModelConfig
 
 F64 = torch.float64
@@ -335,3 +335,23 @@ def test_bad_arguments():
         st_upd.apply_factors("pos", torch.zeros(1, 4), torch.zeros(1, 4), 0.1, model=model)
     with pytest.raises(ValueError, match=r"\(\.\.\., 16\)"):
         st_upd.apply_factors("ffn.down", torch.zeros(1, 4), torch.zeros(1, 4), 0.1, model=model)
+
+
+def test_outer_factors_reproduce_the_weight_gradient():
+    """sum_n e_n x_n^T equals lam^T dF/dW by autograd, for every crossbar map inside F."""
+    model = chip(device())
+    tok = torch.randint(0, 7, (2, 3), generator=torch.Generator().manual_seed(0))
+    z = model.settle(tok, "imex", tol=1e-10, max_steps=3000).z
+    lam = torch.randn(z.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    factors = outer_factors(model, tok, z, lam)
+    assert set(factors) == {"attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down"}
+    force = model.force(tok)
+    names = [f"{n}.weight" for n in factors]
+    params = dict(model.named_parameters())
+    ref = torch.autograd.grad((force(z) * lam).sum(), [params[n] for n in names])
+    for (name, (x, e)), g in zip(factors.items(), ref, strict=True):
+        torch.testing.assert_close(e.T @ x, g, rtol=1e-9, atol=1e-12)
+    upd = DeviceUpdater("stochastic", seed=0)
+    rep = upd.apply_factors("attn.o", *factors["attn.o"], 0.01, model=model)
+    torch.testing.assert_close(rep.crossbars["attn.o"].requested_dw, -0.01 * ref[names.index(
+        "attn.o.weight")])

@@ -21,7 +21,7 @@ from .adjoint import ImplicitAdjoint, exact_gradient
 from .asymep import AsymEP
 from .bptt import BPTT, bptt_gradient
 from .compare import compare_gradients, comparison_table
-from .device_updates import CrossbarUpdate, DeviceUpdater, UpdateReport
+from .device_updates import CrossbarUpdate, DeviceUpdater, UpdateReport, outer_factors
 from .holomorphic import HolomorphicEP
 from .regularizers import (
     JacobianHomeostasis,
@@ -52,4 +52,5 @@ __all__ = [
     "DeviceUpdater",
     "UpdateReport",
     "CrossbarUpdate",
+    "outer_factors",
 ]

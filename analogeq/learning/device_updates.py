@@ -82,7 +82,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DeviceUpdater", "UpdateReport", "CrossbarUpdate", "MODES", "SCHEMES"]
+__all__ = ["DeviceUpdater", "UpdateReport", "CrossbarUpdate", "outer_factors", "MODES", "SCHEMES"]
 
 MODES = ("deterministic", "stochastic")
 SCHEMES = ("unipolar", "bipolar", "reference")
@@ -577,3 +577,59 @@ def _factorise(g: Tensor) -> tuple[Tensor, Tensor]:
     e = (u[:, keep] * r).T
     x = vh[keep] * r[:, None]
     return e, x
+
+
+def outer_factors(model: Any, inputs: Tensor, z: Tensor, lam: Tensor
+                  ) -> dict[str, tuple[Tensor, Tensor]]:
+    """The outer-product factors (x, e) of every crossbar map of the equilibrium gradient.
+
+    The force part of the gradient is lam^T dF/dtheta at the state z (`_common.assemble_gradients`);
+    for a map y = W x inside F that is sum_n e_n x_n^T with x_n its inputs (DAC outputs) and
+    e_n = d(lam . F)/dy_n, n over batch and token positions. Feed them to
+    `DeviceUpdater.apply_factors(name, x, e, lr)` (module docstring, locality: e is local for
+    attn.o / ffn.down, routed through the periphery for q, k, v, ffn.up). The readout `head`
+    does not enter F; its gradient comes from the loss (e = dL/dlogits), not from here.
+
+    Args:
+        model: a hardware model; inputs: token ids / features; z (batch, T, C) the state (z0);
+        lam (batch, T, C): the adjoint (exact, or an EP estimate: info["adjoint"] of a
+            `GradientResult`).
+    Returns: {name: (x (N, in_features), e (N, out_features))}, N = batch * T, detached.
+    """
+    if getattr(model, "hardware", None) is None:
+        raise ValueError("outer_factors needs a model on hardware (HardwareConfig)")
+    from ..hardware import hardware_layers
+
+    force = model.force(inputs)
+    if not isinstance(z, Tensor) or not isinstance(lam, Tensor) or z.shape != lam.shape:
+        raise ValueError("z and lam must be tensors of the same shape (batch, T, C)")
+    layers = hardware_layers(model)
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
+    handles = []
+
+    def hook(name: str, layer: Any) -> Any:
+        def fn(module: Any, args: tuple[Tensor, ...], out: Tensor) -> None:
+            x = args[0]
+            xd = layer.dac(x) if layer.dac is not None else x
+            out.retain_grad()
+            seen[name] = (xd.detach(), out)
+        return fn
+
+    try:
+        for name, layer in layers.items():
+            handles.append(layer.register_forward_hook(hook(name, layer)))
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            total = (force(zz) * lam.detach()).sum()
+        outs = [o for _, o in seen.values()]
+        grads = torch.autograd.grad(total, outs, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    result = {}
+    for (name, (x, _)), g in zip(seen.items(), grads, strict=True):
+        if g is None:
+            continue
+        lay = layers[name]
+        result[name] = (x.reshape(-1, lay.in_features), g.detach().reshape(-1, lay.out_features))
+    return result

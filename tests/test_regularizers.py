@@ -251,7 +251,8 @@ def test_residual_penalty_deployed_start_unroll(setup):
     for _ in range(5):
         zz = zz + 0.1 * force(zz)
     g = force(zz).flatten(1).norm(dim=1) / zz.flatten(1).norm(dim=1)
-    assert res.info["penalty"] == pytest.approx(float((0.1 * g).square().mean().detach()), rel=1e-10)
+    expected = float((0.1 * g).square().mean().detach())
+    assert res.info["penalty"] == pytest.approx(expected, rel=1e-10)
     assert res.info["start"] == "input"
 
 

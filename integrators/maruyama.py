@@ -266,7 +266,7 @@ class EulerMaruyama(Integrator):
     def step(self, force: CountedForce, state: StepState) -> StepState:
         # Explicit Euler's update, written exactly as ExplicitEuler.step (bit-identical at sigma 0).
         eps = state.eps.view(-1, *([1] * (state.z.ndim - 1))).to(state.z.dtype)
-        z = state.z + eps * state.f
+        z = torch.addcmul(state.z, eps, state.f)
         if not self.noisy:
             return state.replace(z=z, f=force(z), t=state.t + state.eps)
         if self._generator is None:

@@ -119,7 +119,13 @@ def _as_numpy(trace: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     if isinstance(trace, Tensor):
         r = trace.detach().to("cpu", torch.float64).numpy()
     else:
-        r = np.asarray(trace, dtype=np.float64)
+        try:
+            r = np.asarray(trace, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"trace must be a 1-D sequence of real residuals, got {type(trace).__name__} "
+                f"({exc})"
+            ) from None
     if r.ndim != 1:
         raise ValueError(f"trace must be 1-D (one residual per step), got shape {tuple(r.shape)}")
     if not np.all(np.isfinite(r)):

@@ -168,13 +168,7 @@ def cases(model, toks):
 
 
 # Known gaps found by this sweep (files owned by others): xfail(strict=True) keeps them visible.
-KNOWN_GAPS: dict[str, str] = {
-    "detect_cycle text": (
-        "integrators/_cycle.py _as_numpy: np.asarray(trace, float64) on a non-numeric trace raises "
-        "numpy's 'could not convert string to float' without naming `trace`; wrap it in "
-        "try/except (TypeError, ValueError) and raise TypeError naming trace"
-    ),
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _ids():

@@ -231,11 +231,11 @@ def eps_sweep(
                 floors.append(float(res.residual[i]))
             else:
                 m = max(1, int(tail_fraction * hist.numel()))
-                floors.append(float(hist[-m:].median()))
+                floors.append(float(torch.quantile(hist[-m:], 0.5)))
         force_floors.append(torch.tensor(floors, dtype=torch.float64))
         sr = res.trace.step_residual
         m = max(1, int(tail_fraction * sr.numel()))
-        step_floors.append(float(sr[-m:].median()) if sr.numel() else math.nan)
+        step_floors.append(float(torch.quantile(sr[-m:], 0.5)) if sr.numel() else math.nan)
         rho = torch.tensor([float(np.abs(1 + eps * p).max()) if p.size else math.nan
                             for p in pools], dtype=torch.float64)
         rhos.append(rho)

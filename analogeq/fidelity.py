@@ -392,7 +392,7 @@ def _tail_median(x: Tensor, fraction: float = 0.2) -> float:
     if x.numel() == 0:
         return math.nan
     m = max(1, int(fraction * x.numel()))
-    return float(x[-m:].median())
+    return float(torch.quantile(x[-m:].double(), 0.5))
 
 
 def _judge(

@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--root", default="anderson",
                    help="method that finds the fixed point (anderson; 'ode' for the continuous "
                    "reference's end)")
-    p.add_argument("--k", type=int, default=6, help="eigenvalues per set (6)")
+    p.add_argument("--k", type=int, default=6,
+                   help="eigenvalues per set (6; at most the state size)")
     p.add_argument("--eps", type=float, default=0.1, help="Euler step probed (0.1)")
     p.add_argument("--tol", type=float, default=1e-8,
                    help="force-residual tolerance of the root (1e-8; float32 floors near 1e-6)")
@@ -79,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         print("warning: the root-finder did not reach tol: the spectrum is that of the "
               "linearization at its best point, not a stability verdict")
     try:
-        rep = probe_report(force, root.z, k=args.k, eps=args.eps, seed=args.seed,
-                           dtype=torch.float64 if args.float64_probes else None)
+        rep = probe_report(force, root.z, k=min(args.k, root.z[0].numel()), eps=args.eps,
+                           seed=args.seed, dtype=torch.float64 if args.float64_probes else None)
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"analogeq: {exc}") from None
     print(rep.text())

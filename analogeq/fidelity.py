@@ -461,11 +461,12 @@ def _judge(
                 return sv(Verdict.FAITHFUL, f"settled{noise_note} to the reference's fixed point "
                           f"(relative distance {dist:.1e})")
             return sv(Verdict.NOT_CONVERGED,
-                      f"settled{noise_note} to a different state than the reference's fixed point "
-                      f"(relative distance {dist:.2e} > {distance_tol:g})",
-                      "the system may be multistable from z0 (the method jumped to another "
-                      "basin): rerun the method with a smaller step, or compare from a start "
-                      "nearer the reference's fixed point")
+                      f"settled{noise_note} to another state than the reference's fixed point "
+                      f"(relative distance {dist:.2e} > {distance_tol:g}): the system has several "
+                      "fixed points and the method's trajectory ended in another basin than the "
+                      "circuit's, so its answer is not the circuit's",
+                      "rerun the method with a smaller step (it should then follow the circuit "
+                      "into the reference's basin), or compare from a start nearer z*")
         if unstable:
             return sv(Verdict.CONTINUOUS_INSTABILITY,
                       f"{status.value}{noise_note}, but {ref_txt}: {inst_txt}. The method's end is "

@@ -35,7 +35,12 @@ from analogeq.fidelity import (
     euler_step,
     knockout,
 )
-from analogeq.scenarios import RealSaddle, build_scenario
+from analogeq.scenarios import (
+    RealSaddle,
+    build_scenario,
+    transformer_model,
+    transformer_tokens,
+)
 
 
 def analytic_eps_crit(a: float, b: float) -> float:
@@ -215,13 +220,18 @@ def test_noise_on_an_euler_unstable_rotor_is_still_an_artifact():
 
 def test_transformer_scenario_euler_cycles_while_the_circuit_settles():
     sc = build_scenario("transformer")
-    rep = compare(sc.force, sc.z0, sc.methods)
+    # a second sample (the next random tokens) where Euler settles, but in another basin
+    model, tokens = transformer_model(0), transformer_tokens(2, 0)
+    assert torch.equal(tokens[:1], sc.force.inputs)
+    force = model.force(tokens)
+    rep = compare(force, model.initial_state(force), sc.methods)
     euler = rep.methods["euler(eps=0.1)"]
-    assert euler.result.status is Status.LIMIT_CYCLE
-    assert rep.reference.status is Status.CONVERGED
+    assert euler.result.sample_status[0] is Status.LIMIT_CYCLE
+    assert rep.reference.sample_status == (Status.CONVERGED, Status.CONVERGED)
+    assert rep.sample_verdicts[0] is Verdict.DISCRETIZATION_ARTIFACT
     assert rep.verdict is Verdict.DISCRETIZATION_ARTIFACT
     # dense autograd Jacobian at the reference's fixed point: stable, eps_crit < 0.1
-    z = rep.z_star.detach()
+    z = rep.z_star[:1].detach()
     J = torch.autograd.functional.jacobian(lambda v: sc.force(v.view_as(z)).reshape(-1),
                                            z.reshape(-1))
     mu = torch.linalg.eigvals(J).numpy()
@@ -231,6 +241,10 @@ def test_transformer_scenario_euler_cycles_while_the_circuit_settles():
     assert float(rep.eps_crit.eps_crit[0]) == pytest.approx(ec, rel=1e-2)
     off = euler.samples[0].offending
     assert off and all(abs(1 + 0.1 * m) > 1 and m.real < 0 for m in off)
+    # sample 1: Euler converges to a fixed point far from the circuit's: not faithful
+    s1 = euler.samples[1]
+    assert s1.status is Status.CONVERGED and s1.distance > 0.1
+    assert s1.verdict is Verdict.NOT_CONVERGED and "another basin" in s1.reason
 
 
 # ------------------------------------------------------------------------------------------------

@@ -513,11 +513,19 @@ def _judge(
                   f"reference_steps > {reference_steps}, or start from z*")
     if not root_found:
         rs = "" if root_res is None else f" ({root_res.sample_status[i].value})"
+        hint = ""
+        if pool.size:
+            top = pool[int(np.argmax(pool.real))]
+            hint = (f"; at that best point (not a root) the leading eigenvalue is {fmt_c(top)}"
+                    + (": likely a genuine instability, not yet established at a root"
+                       if top.real > margin else ""))
         return sv(Verdict.NOT_CONVERGED,
                   f"{status.value}; {ref_txt} and no fixed point was found (best force residual "
-                  f"{root_residual:.2e}{rs})",
-                  "run the root-finder longer (root_steps) or ImplicitEuler; a root-finder that "
-                  "cannot drive the residual to ~0 is evidence that no root exists near z0")
+                  f"{root_residual:.2e}{rs}){hint}",
+                  "find a root with another root-finder, e.g. compare(..., root=ImplicitEuler("
+                  "eps=10.0)) (Newton-Krylov steps also converge to unstable roots), or a longer "
+                  "root_steps; a root-finder that cannot drive the residual to ~0 is evidence that "
+                  "no root exists near z0 (DOMAIN.md section 3)")
     return sv(Verdict.NOT_CONVERGED, f"{status.value}; {ref_txt}; the spectrum at the root is "
               f"{stability}", _spectrum_next(stability))
 

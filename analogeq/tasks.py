@@ -16,8 +16,8 @@ sees exactly the data order of an uninterrupted one (no data-loader state to che
   else to '?'). Context 64, next-character targets per token (causal). Fixed split: the first 90 %
   of the characters train, the last 10 % validate; the validation set is `n_eval` windows at evenly
   spaced offsets.
-* `synthetic`: 4 tokens of 4 features (Gaussian directions on the sphere of radius 2), 3 classes given by a fixed random teacher
-  (argmax of a linear map of the token mean); 256 train / 128 test samples. Small enough for unit
+* `synthetic`: 4 tokens of 4 features (Gaussian directions on the sphere of radius 2), 3 classes
+  given by a fixed random teacher (argmax of a linear map of the token mean); 256 train / 128 test samples. Small enough for unit
   tests (a few seconds of training lowers its loss clearly).
 """
 
@@ -133,7 +133,8 @@ class Task:
             assert self.train_inputs is not None and self.train_targets is not None
             x, y = self.train_inputs, self.train_targets
         else:
-            raise ValueError(f"split must be 'test' (or 'train' for a classify task), got {split!r}")
+            raise ValueError(
+                f"split must be 'test' (or 'train' for a classify task), got {split!r}")
         n = x.shape[0] if limit is None else min(int(limit), x.shape[0])
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)

@@ -61,7 +61,7 @@ from ._train_checkpoint import (
     save_checkpoint,
 )
 from ._train_eval import evaluate
-from ._train_log import JsonlLog, plot_training, read_log
+from ._train_log import JsonlLog, plot_training
 from .learning import BPTT, AsymEP, GradientResult, HolomorphicEP, ImplicitAdjoint
 from .learning._common import default_tol
 from .model import EquilibriumTransformer, ModelConfig

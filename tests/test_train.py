@@ -1,0 +1,230 @@
+"""The trainer: it learns, it resumes bit-for-bit, its checkpoints survive a failed write, its
+guard rolls back, its gate skips, and the CLI documents itself.
+
+The synthetic task (4 tokens x 4 features, 3 classes) with d_model 16 keeps each run to seconds.
+"""
+
+import math
+
+import pytest
+import torch
+
+from analogeq import _train_checkpoint
+from analogeq._train_log import read_log
+from analogeq.cli import main
+from analogeq.learning import GradientResult
+from analogeq.train import TrainConfig, Trainer, load_checkpoint
+
+SMALL = dict(task="synthetic", d_model=16, n_heads=2, ffn_mult=2, embed_scale=2.0,
+             batch_size=32, lr=3e-3, warmup_steps=5, progress=False, plots=False,
+             eval_every=1000, checkpoint_every=4)
+
+
+def cfg(tmp_path, name="run", **kw):
+    return TrainConfig(out=str(tmp_path / name), name=name, **{**SMALL, **kw})
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_short_training_lowers_the_test_loss(tmp_path):
+    tr = Trainer(cfg(tmp_path, steps=20, eval_every=20))
+    before = tr.evaluate()
+    result = tr.run()
+    assert result.status == "completed" and result.step == 20
+    assert result.final_eval["loss"] < before["loss"] - 0.1
+    steps = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"]
+    assert len(steps) == 20 and all(r["valid"] for r in steps)
+    for key in ("loss", "accuracy", "free_residual", "nudged_residual", "nfe", "wall", "lr"):
+        assert key in steps[0]
+    # the saved best model loads as a digital model with the same nominal weights
+    model = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert model.hardware is None and model.config.n_classes == 3
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _run_interrupted(config, kill_at, monkeypatch):
+    """Run until step `kill_at`, then die as a killed process would (no clean-up)."""
+    original = Trainer.train_step
+
+    def step(self):
+        if self.step == kill_at:
+            raise Interrupt
+        return original(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", step)
+        with pytest.raises(Interrupt):
+            Trainer(config).run()
+
+
+@pytest.mark.parametrize("extra", [{}, {"device": "pcm"}], ids=["digital", "pcm-noise"])
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch, extra):
+    steps = 8
+    ref = Trainer(cfg(tmp_path, "ref", steps=steps, **extra))
+    ref_result = ref.run()
+    _run_interrupted(cfg(tmp_path, "cut", steps=steps, **extra), kill_at=6, monkeypatch=monkeypatch)
+    # killed after the step-4 checkpoint and 2 more steps: resume redoes steps 4..7
+    resumed = Trainer(cfg(tmp_path, "cut", steps=steps, resume=True, **extra))
+    result = resumed.run()
+    assert result.step == steps
+    assert result.last_loss == ref_result.last_loss  # bit-for-bit
+    a, b = params(ref.model), params(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = read_log(tmp_path / "cut" / "log.jsonl")
+    assert [r["step"] for r in log if r["kind"] == "step"] == list(range(steps))
+    assert any(r.get("what") == "resume" and r["step"] == 4 for r in log)
+    ref_losses = [r["loss"] for r in read_log(tmp_path / "ref" / "log.jsonl")
+                  if r["kind"] == "step"]
+    assert [r["loss"] for r in log if r["kind"] == "step"] == ref_losses
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    tr = Trainer(cfg(tmp_path, steps=4))
+    tr.run()
+    path = tr.checkpoint_path
+    good = path.read_bytes()
+    tr.step = 99
+
+    def broken_save(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_train_checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        tr.save()
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert _train_checkpoint.read_checkpoint(path)["step"] == 4
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _poison(trainer, calls):
+    """Make the estimator report a NaN loss on the given call numbers (1-based)."""
+    real = trainer.estimator.gradients
+    count = {"n": 0}
+
+    def gradients(*args, **kwargs):
+        count["n"] += 1
+        res = real(*args, **kwargs)
+        if count["n"] in calls:
+            return GradientResult(res.grads, {**res.info, "loss": math.nan})
+        return res
+
+    trainer.estimator.gradients = gradients
+    return count
+
+
+def test_guard_rolls_back_on_an_injected_nan_and_lowers_the_lr(tmp_path):
+    tr = Trainer(cfg(tmp_path, steps=8, guard_lr_factor=0.5))
+    _poison(tr, calls={7})  # step 6: the last checkpoint is step 4
+    result = tr.run()
+    assert result.status == "completed" and result.rollbacks == 1
+    log = read_log(tmp_path / "run" / "log.jsonl")
+    rb = [r for r in log if r.get("what") == "rollback"]
+    assert len(rb) == 1 and rb[0]["step"] == 6 and rb[0]["to_step"] == 4
+    assert rb[0]["lr_scale"] == 0.5 and tr.lr_scale == 0.5
+    # the steps after the rollback ran at half the scheduled learning rate
+    after = [r for r in log if r["kind"] == "step" and r["step"] >= 4][-4:]
+    assert all(math.isfinite(r["loss"]) for r in after)
+    ref = Trainer(cfg(tmp_path, "ref", steps=8))
+    assert math.isclose(after[0]["lr"], 0.5 * ref.lr_at(4), rel_tol=1e-12)
+
+
+def test_guard_stops_after_max_rollbacks(tmp_path):
+    tr = Trainer(cfg(tmp_path, steps=8, max_rollbacks=2))
+    _poison(tr, calls=set(range(1, 100)))
+    result = tr.run()
+    assert result.status == "diverged" and result.rollbacks == 2 and result.step == 0
+    assert any(r.get("what") == "stop" for r in read_log(tmp_path / "run" / "log.jsonl"))
+
+
+def test_residual_gate_skips_invalid_estimates(tmp_path):
+    tr = Trainer(cfg(tmp_path, steps=3))
+    real = tr.estimator.gradients
+
+    def invalid(*args, **kwargs):
+        res = real(*args, **kwargs)
+        return GradientResult(res.grads, {**res.info, "valid": False, "reason": "test"})
+
+    tr.estimator.gradients = invalid
+    before = params(tr.model)
+    result = tr.run()
+    assert result.skipped == 3
+    after = params(tr.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("rule", ["bptt", "adjoint"])
+def test_other_rules_train(tmp_path, rule):
+    tr = Trainer(cfg(tmp_path, steps=12, rule=rule, eval_every=12))
+    before = tr.evaluate()["loss"]
+    assert tr.run().final_eval["loss"] < before
+
+
+def test_jacobian_penalty_controller_is_logged_and_checkpointed(tmp_path):
+    pytest.importorskip("analogeq.learning.regularizers")
+    tr = Trainer(cfg(tmp_path, steps=4, jacobian_penalty=0.5, adaptive=True))
+    tr.run()
+    steps = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"]
+    assert steps[0]["controller_weight"] == 0.5
+    # every free phase settled below the controller's target: the weight shrinks by `down`
+    reg = tr.regularizers[0]
+    assert math.isclose(reg.weight, 0.5 * reg.down ** 4, rel_tol=1e-9)
+    saved = _train_checkpoint.read_checkpoint(tr.checkpoint_path)["regularizers"]
+    assert math.isclose(saved["jacobian_penalty"]["weight"], reg.weight, rel_tol=0)
+
+
+def test_device_updates_move_the_conductances(tmp_path):
+    pytest.importorskip("analogeq.learning.device_updates")
+    tr = Trainer(cfg(tmp_path, steps=2, device="pcm", updates="device-deterministic", lr=0.05,
+                     warmup_steps=0))
+    layer = tr.model.crossbars()["ffn.up"]
+    g0 = layer.tiles[0].plus.conductance.clone()
+    tr.run()
+    assert not torch.equal(g0, layer.tiles[0].plus.conductance)
+
+
+def test_config_validation_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="rule"):
+        TrainConfig(rule="sgd")
+    with pytest.raises(TypeError, match="steps"):
+        TrainConfig(steps=1.5)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=0)
+    with pytest.raises(ValueError, match="needs a device"):
+        TrainConfig(updates="device-stochastic")
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_the_config(tmp_path):
+    Trainer(cfg(tmp_path, steps=2)).run()
+    with pytest.raises(FileExistsError, match="resume"):
+        Trainer(cfg(tmp_path, steps=2)).run()
+    with pytest.raises(ValueError, match="lr"):
+        Trainer(cfg(tmp_path, steps=4, resume=True, lr=1e-2)).run()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_cli_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    flags = {"train": ("--task", "--rule", "--steps", "--out", "--name", "--resume", "--device",
+                       "--noise"),
+             "evaluate": ("--device", "--seeds", "--times", "--compensation", "--out")}
+    for flag in flags[command]:
+        assert flag in out, flag
+
+
+def test_cli_train_runs(tmp_path, capsys):
+    code = main(["train", "--task", "synthetic", "--steps", "2", "--d-model", "16", "--heads",
+                 "2", "--embed-scale", "2", "--out", str(tmp_path / "cli"), "--no-progress",
+                 "--no-plots"])
+    assert code == 0
+    assert (tmp_path / "cli" / "checkpoint.pt").is_file()
+    assert '"status": "completed"' in capsys.readouterr().out

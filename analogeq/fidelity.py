@@ -256,33 +256,44 @@ def compare(
     for label, inst in resolved:
         runs[label] = settle(force, z0, inst, tol=tol, max_steps=max_steps)
     ref = settle(force, z0, reference, tol=tol, max_steps=reference_steps)
-    root_res = None
+    root_res = retry = None
+    fin = torch.finfo(z0.dtype).eps
+    accept = max(10 * tol, 100 * fin)
+    batch = z0.shape[0]
+    ref_conv = [s is Status.CONVERGED for s in ref.sample_status]
     if root is not None:
         if isinstance(root, str) or isinstance(root, Integrator):
             root_inst, _ = make_method(root, {})
         else:
             raise TypeError(f"root must be a method name, an Integrator or None, got "
                             f"{type(root).__name__}")
-        root_res = settle(force, z0, root_inst, tol=min(tol, 1e-10) if z0.dtype == torch.float64
-                          else tol, max_steps=root_steps)
+        root_tol = min(tol, 1e-10) if z0.dtype == torch.float64 else tol
+        root_res = settle(force, z0, root_inst, tol=root_tol, max_steps=root_steps)
+        # Where the reference did not settle and no root was found from z0, try again from the
+        # reference's end (inside the attractor the circuit reached: a cycle's centre region).
+        if any(not ref_conv[i] and float(root_res.residual[i]) > accept for i in range(batch)) \
+                and bool(torch.isfinite(ref.z).all()):
+            retry = settle(force, ref.z, root_inst, tol=root_tol, max_steps=root_steps)
 
     # -- best fixed-point estimate per sample ----------------------------------------------------
-    batch = z0.shape[0]
-    ref_conv = [s is Status.CONVERGED for s in ref.sample_status]
-    zs, sources, residuals = [], [], []
+    zs, sources, residuals, root_status = [], [], [], []
     for i in range(batch):
         if ref_conv[i] or root_res is None:
             zs.append(ref.z[i])
             sources.append("reference")
             residuals.append(float(ref.residual[i]))
-        else:
-            zs.append(root_res.z[i])
-            sources.append("root")
-            residuals.append(float(root_res.residual[i]))
+            root_status.append(ref.sample_status[i])
+            continue
+        r0 = float(root_res.residual[i])
+        r1 = math.inf if retry is None else float(retry.residual[i])
+        use_retry = retry is not None and r1 < r0
+        chosen = retry if use_retry else root_res
+        zs.append(chosen.z[i])  # type: ignore[union-attr]
+        sources.append("root (from the reference's end)" if use_retry else "root")
+        residuals.append(min(r0, r1))
+        root_status.append(chosen.sample_status[i])  # type: ignore[union-attr]
     z_star = torch.stack(zs).to(z0.dtype)
     root_residual = torch.tensor(residuals, dtype=torch.float64)
-    fin = torch.finfo(z0.dtype).eps
-    accept = max(10 * tol, 100 * fin)
     root_found = (root_residual <= accept) & torch.isfinite(root_residual)
 
     # -- probes at z* -----------------------------------------------------------------------------
@@ -331,7 +342,7 @@ def compare(
         for i in range(batch):
             samples.append(_judge(
                 res, inst, i, h, z_star[i], ref, ref_conv[i], bool(root_found[i]),
-                float(root_residual[i]), root_res, stability[i], pools[i], margins[i],
+                float(root_residual[i]), root_status[i], stability[i], pools[i], margins[i],
                 ecrit, distance_tol, tol, reference_steps))
         reports[label] = MethodReport(
             label=label, result=res, euler_step=h, samples=tuple(samples),
@@ -351,6 +362,7 @@ def compare(
         root_residual=root_residual, root_found=root_found, eigs=eigs, euler_eigs=euler_sets,
         eps_crit=ecrit, asymmetry=asym, stability=tuple(stability), margin=tuple(margins),
         tol=tol, wall_time=time.perf_counter() - t0, notes=tuple(notes),
+        extra={"root_retry": retry},
     )
 
 
@@ -398,7 +410,7 @@ def _tail_median(x: Tensor, fraction: float = 0.2) -> float:
 def _judge(
     res: SettleResult, inst: Integrator, i: int, h: float | None, z_star: Tensor,
     ref: SettleResult, ref_conv: bool, root_found: bool, root_residual: float,
-    root_res: SettleResult | None, stability: str, pool: np.ndarray, margin: float, ecrit: Any,
+    root_status: Status, stability: str, pool: np.ndarray, margin: float, ecrit: Any,
     distance_tol: float, tol: float, reference_steps: int,
 ) -> SampleVerdict:
     """The verdict of one method on one sample (module docstring; DOMAIN.md section 3)."""
@@ -512,7 +524,7 @@ def _judge(
                   f"z0 may lie in another attractor, or the horizon is too short: rerun with "
                   f"reference_steps > {reference_steps}, or start from z*")
     if not root_found:
-        rs = "" if root_res is None else f" ({root_res.sample_status[i].value})"
+        rs = f" ({root_status.value})"
         hint = ""
         if pool.size:
             top = pool[int(np.argmax(pool.real))]

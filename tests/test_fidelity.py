@@ -247,6 +247,26 @@ def test_transformer_scenario_euler_cycles_while_the_circuit_settles():
     assert s1.verdict is Verdict.NOT_CONVERGED and "another basin" in s1.reason
 
 
+def test_a_strongly_coupled_transformer_is_a_genuine_hopf_instability():
+    """Found by measurement (benchmarks/results/fidelity.md): c = 1, init_scale 8, attn_gain 4.
+    Anderson from z0 cycles; from the reference's end it finds the unstable root."""
+    cfg = ModelConfig(vocab_size=16, d_model=16, n_heads=2, context=8, c=1.0, init_scale=8.0,
+                      attn_gain=4.0, dtype=torch.float64)
+    model = EquilibriumTransformer(cfg, seed=0)
+    force = model.force(transformer_tokens(1, 0))
+    rep = compare(force, model.initial_state(force), ["euler"], reference_steps=200)
+    assert rep.reference.status is Status.LIMIT_CYCLE
+    assert rep.root_source == ("root (from the reference's end)",) and bool(rep.root_found[0])
+    assert rep.verdict is Verdict.CONTINUOUS_INSTABILITY and rep.kind is Instability.HOPF
+    z = rep.z_star.detach()
+    J = torch.autograd.functional.jacobian(lambda v: force(v.view_as(z)).reshape(-1),
+                                           z.reshape(-1))
+    mu = torch.linalg.eigvals(J).numpy()
+    lead = mu[np.argmax(mu.real)]
+    assert lead.real > 0 and abs(lead.imag) > 0.1  # an unstable complex pair: Hopf
+    assert np.min(np.abs(rep.pool(0) - lead)) < 1e-6
+
+
 # ------------------------------------------------------------------------------------------------
 # eps sweep
 

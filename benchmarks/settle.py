@@ -95,8 +95,8 @@ OURS: dict[str, list[dict[str, tuple[dict[str, Any], int]]]] = {
     "imex": [{_B: ({"eps": 0.5}, 4000), _R: ({"eps": 0.5}, 2000), _S: ({"eps": 1.0}, 40000)}],
     "implicit": [{_B: ({}, 500), _R: ({}, 500), _S: ({"eps": 100.0}, 500)}],
     "anderson": [
-        {_B: ({}, 500), _R: ({}, 500), _S: ({}, 2000)},
-        {_B: ({"m": 10}, 500), _S: ({"m": 10}, 2000)},  # rotor: m is capped at n + 1 = 3 anyway
+        {_B: ({}, 2000), _R: ({}, 2000), _S: ({}, 2000)},  # the default budget
+        {_B: ({"m": 10}, 2000), _S: ({"m": 10}, 2000)},  # rotor: m is capped at n + 1 = 3 anyway
     ],
     "ode": [{_B: ({}, 20000), _R: ({}, 20000), _S: ({}, 20000)}],
     "euler-maruyama": [{

@@ -17,8 +17,8 @@ sees exactly the data order of an uninterrupted one (no data-loader state to che
   of the characters train, the last 10 % validate; the validation set is `n_eval` windows at evenly
   spaced offsets.
 * `synthetic`: 4 tokens of 4 features (Gaussian directions on the sphere of radius 2), 3 classes
-  given by a fixed random teacher (argmax of a linear map of the token mean); 256 train / 128 test samples. Small enough for unit
-  tests (a few seconds of training lowers its loss clearly).
+  given by a fixed random teacher (argmax of a linear map of the token mean); 256 train / 128
+  test samples. Small enough for unit tests (a few seconds of training lowers its loss clearly).
 """
 
 from __future__ import annotations

@@ -214,7 +214,10 @@ def compare(
         reference_steps: chunks of the reference (>= 100 so that a cycle can be judged on its
             tail; the automatic chunk schedule resolves rotations with >= 8 chunks per period).
         root: root-finder for the fixed point where the reference does not settle ("anderson",
-            an Integrator instance, or None for the reference's end only).
+            an Integrator instance such as `ImplicitEuler(eps=10.0)`, or None for the
+            reference's end only). Run from z0; where that finds no root and the reference did
+            not settle, run again from the reference's end (inside the attractor the circuit
+            reached) and keep the lower residual per sample.
         root_steps: the root-finder's step budget (default its own).
         k: eigenvalues per set at z* (clipped to the state size).
         probe_dtype: dtype of the Jacobian products (None: the state's; torch.float64 copies a

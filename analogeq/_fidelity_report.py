@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .integrators import SettleResult, Status
@@ -302,8 +303,14 @@ class FidelityReport:
         if self.root is not None:
             runs["root-finder"] = self.root
         colors: dict[str, Any] = {}
+        # Display range: a start at z = 0 has a residual ~1e300 (||z|| floored at the dtype's
+        # tiny) and an exact fixed point 0; clip both so that the axes show the dynamics.
+        tails = [r.trace.residual[1:] for r in runs.values() if r.trace.residual.numel() > 1]
+        finite = [t[torch.isfinite(t)] for t in tails]
+        top = max((float(t.max()) for t in finite if t.numel()), default=1.0)
+        hi = 10 * min(max(top, self.tol), 1e30)
         for label, res in runs.items():
-            y = res.trace.residual.clamp_min(1e-300).numpy()
+            y = res.trace.residual.nan_to_num(posinf=hi).clamp(1e-30, hi).numpy()
             (line,) = ax_n.semilogy(res.trace.nfe.numpy(), y, label=f"{label} ({res.status})")
             colors[label] = line.get_color()
             if res.trace.time is not None:

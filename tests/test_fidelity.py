@@ -254,7 +254,8 @@ def test_a_strongly_coupled_transformer_is_a_genuine_hopf_instability():
                       attn_gain=4.0, dtype=torch.float64)
     model = EquilibriumTransformer(cfg, seed=0)
     force = model.force(transformer_tokens(1, 0))
-    rep = compare(force, model.initial_state(force), ["euler"], reference_steps=200)
+    rep = compare(force, model.initial_state(force), ["euler"], reference_steps=200,
+                  max_steps=1000, root_steps=300)
     assert rep.reference.status is Status.LIMIT_CYCLE
     assert rep.root_source == ("root (from the reference's end)",) and bool(rep.root_found[0])
     assert rep.verdict is Verdict.CONTINUOUS_INSTABILITY and rep.kind is Instability.HOPF

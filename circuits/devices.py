@@ -647,6 +647,10 @@ def preset(name: str) -> DeviceModel:
 _NOT_STUCK, _STUCK_MIN, _STUCK_MAX = 0, 1, 2
 
 
+# Largest per-pulse soft-bound coefficient B (see `DeviceArray.pulse`).
+_B_MAX = 1.0 - 1e-9
+
+
 def _pulse_sums(b: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
     """S = sum_{k<n} (1-b)^k = (1 - (1-b)^n) / b and Q = sum_{k<n} (1-b)^{2k}, elementwise; both
     tend to n as b -> 0 (computed with expm1/log1p so small b loses no precision)."""
@@ -919,6 +923,7 @@ class DeviceArray(nn.Module):
             a_up, b_up, a_dn, b_dn = self._nominal_coeffs()
             a = torch.where(up, torch.full_like(x0, a_up), torch.full_like(x0, a_dn))
             b = torch.where(up, torch.full_like(x0, b_up), torch.full_like(x0, b_dn))
+            b = b.clamp(max=_B_MAX)  # as in `pulse`
             u0 = torch.where(up, x0, 1.0 - x0)
             du = (xt - x0).abs()
             rate = (a - b * u0).clamp_min(1e-30)  # mean step at u0
@@ -961,7 +966,10 @@ class DeviceArray(nn.Module):
         k = m.g_range / r_dev
         a_up, b_up, a_dn, b_dn = p.linear_coeffs(self.dw_up, self.dw_down, k)
         a = torch.where(up, a_up, a_dn)
-        b = torch.where(up, b_up, b_dn)
+        # B >= 1 (a device whose own range is tiny next to the nominal one: k = range / own range
+        # is large) would make one pulse overshoot the soft bound and (1 - B)^n oscillate (NaN in
+        # the closed forms): such a device saturates, so B is capped just below 1.
+        b = torch.where(up, b_up, b_dn).clamp(max=_B_MAX)
         g0 = self.conductance
         x0 = ((g0 - m.g_min) / r_dev).clamp(0.0, 1.0)
         u0 = torch.where(up, x0, 1.0 - x0)

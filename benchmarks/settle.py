@@ -144,6 +144,7 @@ class Row:
     ratio: float | None = None  # wall / best converged torchdeq wall on this operator
     overhead: float | None = None  # wall / (nfe * bare eval)
     overhead_full: float | None = None  # wall / (nfe_full * bare eval)
+    in_force: float | None = None  # median over runs of wall / seconds spent inside the force
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -205,9 +206,43 @@ def fmt_opts(opts: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items())
 
 
+class _TimedForce:
+    """A force that adds the seconds spent inside it (calls and `nonlinear`, on any sub-batch) to
+    a shared clock; `select` returns a timed view on the same clock. The loop's overhead is then
+    wall / time in force, measured in the same run: robust to load from other processes, which a
+    bare evaluation timed at another moment is not."""
+
+    def __init__(self, force: Any, clock: list[float]):
+        self._force, self._clock = force, clock
+        if hasattr(force, "leak"):
+            self.leak = force.leak
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self._force(z)
+        self._clock[0] += time.perf_counter() - t0
+        return out
+
+    def nonlinear(self, z: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self._force.nonlinear(z)
+        self._clock[0] += time.perf_counter() - t0
+        return out
+
+    def select(self, index: torch.Tensor) -> _TimedForce:
+        return _TimedForce(self._force.select(index), self._clock)
+
+
 def case_ours(op: Operator, name: str, opts: dict[str, Any], max_steps: int | None) -> Case:
+    in_force: list[float] = []  # wall / time inside the force, per run
+
     def run():
-        return settle(op.force, op.z0.clone(), name, tol=TOL, max_steps=max_steps, **opts)
+        clock = [0.0]
+        force = _TimedForce(op.force, clock)
+        t0 = time.perf_counter()
+        res = settle(force, op.z0.clone(), name, tol=TOL, max_steps=max_steps, **opts)
+        in_force.append((time.perf_counter() - t0) / max(clock[0], 1e-12))
+        return res
 
     def finish(res, walls) -> Row:
         g = recomputed_residual(op, res.z)
@@ -217,9 +252,11 @@ def case_ours(op: Operator, name: str, opts: dict[str, Any], max_steps: int | No
         extra = {"steps": res.steps, "loop_wall_warmup": res.wall_time, "max_steps": max_steps,
                  "sample_status": [str(s) for s in res.sample_status],
                  "info": _jsonable(res.info)}
+        timed = in_force[1:] or in_force  # the timed runs (the warm-up only if it was all)
+        extra["in_force_runs"] = list(in_force)
         return Row(op.name, "analogeq", label, res.nfe, nfe_full, statistics.median(walls),
                    walls, float(g.max()), str(res.status), claimed=float(res.residual.max()),
-                   extra=extra)
+                   in_force=statistics.median(timed), extra=extra)
 
     return Case(run, finish, lambda r: r.status is Status.CONVERGED)
 
@@ -539,10 +576,10 @@ def report(row: Row, what: str = "") -> None:
 
 def table(rows: list[Row]) -> str:
     head = ("operator", "method", "NFE", "NFE full-eq", "wall s", "residual", "status",
-            "wall/torchdeq", "overhead", "overhead full-eq")
+            "wall/torchdeq", "overhead", "overhead full-eq", "wall/in-force")
     body = [(r.operator, r.method, str(r.nfe), _f(r.nfe_full, ".1f"), _f(r.wall, ".4f"),
              _f(r.residual, ".3e"), r.status, _f(r.ratio, ".2f"), _f(r.overhead, ".2f"),
-             _f(r.overhead_full, ".2f")) for r in rows]
+             _f(r.overhead_full, ".2f"), _f(r.in_force, ".2f")) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = [" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines.append("-+-".join("-" * w for w in widths))
@@ -552,12 +589,13 @@ def table(rows: list[Row]) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     head = ("operator", "method", "NFE", "NFE full-eq", "wall (s)", "final force residual",
-            "status", "wall / best torchdeq", "overhead", "overhead full-eq")
+            "status", "wall / best torchdeq", "overhead", "overhead full-eq",
+            "wall / time in force")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = (r.operator, r.method, str(r.nfe), _f(r.nfe_full, ".1f"), _f(r.wall, ".4f"),
                  _f(r.residual, ".3e"), r.status, _f(r.ratio, ".2f"), _f(r.overhead, ".2f"),
-                 _f(r.overhead_full, ".2f"))
+                 _f(r.overhead_full, ".2f"), _f(r.in_force, ".2f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -748,11 +786,14 @@ def check_targets(rows: list[Row], summary: dict[str, Any]) -> dict[str, Any]:
                      f"{s['best_torchdeq']}: ratio {_f(ratio, '.2f')} (target <= 0.5) -> "
                      f"{'MET' if ok else 'MISSED'}")
     for r in rows:
-        if r.family == "analogeq" and r.operator.startswith("block") and r.overhead is not None:
-            ok = r.overhead_full <= 1.15
+        if r.family == "analogeq" and r.operator.startswith("block") and r.in_force is not None:
+            # Judged on wall / time inside the force of the same runs (load-robust); the ratios
+            # to a separately timed bare evaluation are shown beside it.
+            ok = r.in_force <= 1.15
             met[f"{r.operator} {r.method}: overhead <= 1.15"] = ok
-            lines.append(f"overhead {r.operator} {r.method}: {r.overhead:.2f} per call, "
-                         f"{r.overhead_full:.2f} per full-batch-equivalent call (target <= 1.15) "
+            lines.append(f"overhead {r.operator} {r.method}: wall / time in force "
+                         f"{r.in_force:.2f} (vs bare eval: {_f(r.overhead, '.2f')} per call, "
+                         f"{_f(r.overhead_full, '.2f')} full-eq; target <= 1.15) "
                          f"-> {'MET' if ok else 'MISSED'}")
     return {"met": met, "lines": lines}
 

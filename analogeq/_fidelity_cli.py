@@ -18,7 +18,10 @@ EPS_METHODS = ("euler", "imex", "implicit", "euler-maruyama")
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The default model's shape and initialisation (used when no scenario/system is given)."""
-    m = p.add_argument_group("model (when no --scenario / --system is given)")
+    from .commands._checkpoint import add_checkpoint_option
+
+    add_checkpoint_option(p)
+    m = p.add_argument_group("model (with --checkpoint none, when no --scenario / --system)")
     m.add_argument("--vocab", type=int, default=64, help="vocabulary size (64)")
     m.add_argument("--d-model", type=int, default=64, help="channels C (64)")
     m.add_argument("--heads", type=int, default=4, help="attention heads (4)")
@@ -31,8 +34,17 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_model(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
-    """The digital model from the options and seeded random tokens (batch, context)."""
+    """The digital model of `--checkpoint` and its task's test inputs, or with `--checkpoint
+    none` the model from the options and seeded random tokens (batch, context)."""
+    from .commands._checkpoint import load_for_cli, uses_checkpoint
     from .model import EquilibriumTransformer, ModelConfig
+
+    if uses_checkpoint(args):
+        model, inputs, text = load_for_cli(args)
+        if getattr(args, "float64", False):
+            model = model.to(torch.float64)
+        print(text)
+        return model, inputs
 
     fields: dict[str, Any] = dict(vocab_size=args.vocab, d_model=args.d_model, n_heads=args.heads,
                                   context=args.context, c=args.c, attn_gain=args.attn_gain,

@@ -1,11 +1,14 @@
 """The `analogeq` command line: one subcommand per job, each with --help and sane defaults.
 
 `analogeq settle` (the main job) settles the equilibrium transformer on analog hardware with
-several integrators side by side: by default a small but real model (vocab 64, d_model 64, 4 heads,
-context 32, batch 4 of seeded random tokens) on PCM crossbars (`analogeq.hardware.HardwareConfig`
-defaults: quenched read noise, 10 % node time-constant spread, tau = 100 ns), with every registered
-method of euler, adaptive, imex, implicit, anderson, ode. It prints a table (method, status, NFE,
-force residual, settling time in us, crossbar energy in nJ, wall), the effect of the node
+several integrators side by side: by default the shipped trained digits model
+(`analogeq/data/digits.pt`, see `analogeq.train.default_model`) on its first 4 test digits, or any
+`--checkpoint` written by `analogeq train`, or with `--checkpoint none` a randomly initialised
+model (vocab 64, d_model 64, 4 heads, context 32, seeded random tokens), on PCM crossbars
+(`analogeq.hardware.HardwareConfig` defaults: quenched read noise, 10 % node time-constant
+spread, tau = 100 ns), with every registered method of euler, adaptive, imex, implicit, anderson,
+ode. It prints a table (method, status, NFE, force residual, settling time in us, crossbar energy
+in nJ, wall), the effect of the node
 time-constant spread (same fixed point, changed dynamics), and writes results.json and a plot of
 the force residual vs NFE and vs physical time per method under --out (default runs/).
 
@@ -26,8 +29,9 @@ import torch
 
 from . import systems
 from ._io import write_json
-from .commands import register_all
 from .circuits import PRESETS
+from .commands import register_all
+from .commands._checkpoint import add_checkpoint_option, load_for_cli, uses_checkpoint
 from .hardware import READ_NOISE_MODES, HardwareConfig, hardware_summary, tau_spread_report
 from .integrators import METHODS, SettleResult, settle
 from .model import EquilibriumTransformer, ModelConfig
@@ -151,6 +155,10 @@ def _hardware_config(args: argparse.Namespace) -> HardwareConfig | None:
 
 
 def _build_model(args: argparse.Namespace) -> tuple[EquilibriumTransformer, torch.Tensor]:
+    if uses_checkpoint(args):
+        model, inputs, text = load_for_cli(args, _hardware_config(args))
+        args.model_text = text
+        return model, inputs
     try:
         config = ModelConfig(
             vocab_size=args.vocab, d_model=args.d_model, n_heads=args.heads, context=args.context
@@ -166,7 +174,8 @@ def _build_model(args: argparse.Namespace) -> tuple[EquilibriumTransformer, torc
 def _describe(model: EquilibriumTransformer, args: argparse.Namespace) -> list[str]:
     cfg = model.config
     lines = [
-        f"model: vocab {cfg.vocab_size}, d_model {cfg.d_model}, heads {cfg.n_heads}, context "
+        getattr(args, "model_text", None)
+        or f"model: vocab {cfg.vocab_size}, d_model {cfg.d_model}, heads {cfg.n_heads}, context "
         f"{cfg.context}, batch {args.batch} (random tokens, seed {args.seed}), {cfg.dtype}"
     ]
     hw = model.hardware
@@ -282,6 +291,7 @@ def _bits(text: str) -> int | None:
 
 
 def _add_settle_options(p: argparse.ArgumentParser, default_methods: str | None) -> None:
+    add_checkpoint_option(p)
     p.add_argument(
         "--system",
         choices=sorted(systems.SYSTEMS),
@@ -313,7 +323,7 @@ def _add_settle_options(p: argparse.ArgumentParser, default_methods: str | None)
     p.add_argument("--out", default="runs", help="output directory (default: runs/)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--progress", action="store_true", help="show a progress bar per method")
-    m = p.add_argument_group("model (ignored with --system)")
+    m = p.add_argument_group("model (with --checkpoint none; ignored with --system)")
     m.add_argument("--vocab", type=int, default=64, help="vocabulary size (64)")
     m.add_argument("--d-model", type=int, default=64, help="channels C (64)")
     m.add_argument("--heads", type=int, default=4, help="attention heads (4)")

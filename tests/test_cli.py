@@ -10,7 +10,8 @@ import pytest
 
 from analogeq.cli import build_parser, main
 
-SMALL = ["--vocab", "11", "--d-model", "16", "--heads", "2", "--context", "8", "--batch", "2"]
+SMALL = ["--checkpoint", "none", "--vocab", "11", "--d-model", "16", "--heads", "2",
+         "--context", "8", "--batch", "2"]
 
 
 def rows_by_method(path):
@@ -57,8 +58,12 @@ def test_settle_default_is_the_model_on_pcm_with_every_method(tmp_path, capsys):
         assert header in out
     assert "hardware: pcm" in out and "fixed point moved by" in out
     data, rows = rows_by_method(tmp_path / "settle-pcm" / "results.json")
-    assert data["model"]["d_model"] == 64 and data["model"]["n_heads"] == 4
-    assert data["model"]["context"] == 32 and data["batch"] == 4
+    # the default model is the shipped checkpoint, settled on its task's first test inputs
+    from analogeq.train import checkpoint_info
+
+    shipped = checkpoint_info()["model_config"]
+    assert {k: data["model"][k] for k in shipped} == shipped and data["batch"] == 4
+    assert "model: checkpoint shipped default (task digits" in out
     assert data["hardware"]["hardware"]["device"] == "pcm"
     assert {"euler", "adaptive", "imex", "implicit"} <= set(rows)
     for name, row in rows.items():
@@ -120,6 +125,24 @@ def test_bad_arguments_are_reported():
     with pytest.raises(SystemExit, match="euler-maruyama"):
         main(["settle", *SMALL, "--read-noise", "ou", "--tau-c", "1e-6", "--no-plot"])
     with pytest.raises(SystemExit, match="d_model"):
-        main(["settle", "--d-model", "10", "--heads", "3", "--no-plot"])
+        main(["settle", "--checkpoint", "none", "--d-model", "10", "--heads", "3", "--no-plot"])
+    with pytest.raises(SystemExit, match="--checkpoint 'nowhere.pt': no such file"):
+        main(["settle", "--checkpoint", "nowhere.pt", "--no-plot"])
+    with pytest.raises(SystemExit, match="--batch must be in"):
+        main(["settle", "--batch", "100000", "--no-plot"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["settle", "--device", "flash"])
+
+
+def test_certify_and_probe_take_the_shipped_checkpoint(tmp_path, capsys):
+    from analogeq.train import checkpoint_info
+
+    shipped = checkpoint_info()["model_config"]
+    assert main(["certify", "--checkpoint", "default", "--batch", "1", "--samples", "0",
+                 "--out", str(tmp_path)]) == 0
+    assert "model: checkpoint shipped default" in capsys.readouterr().out
+    data = json.loads((tmp_path / "certify" / "certificate.json").read_text())
+    assert {k: data["model"][k] for k in shipped} == shipped
+    assert main(["probe", "--batch", "1", "--k", "2", "--no-plot", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "model: checkpoint shipped default" in out

@@ -10,7 +10,8 @@ import pytest
 
 from analogeq.cli import main
 
-SMALL = ["--vocab", "11", "--d-model", "16", "--heads", "2", "--context", "8", "--batch", "1"]
+SMALL = ["--checkpoint", "none", "--vocab", "11", "--d-model", "16", "--heads", "2",
+         "--context", "8", "--batch", "1"]
 
 
 @pytest.mark.parametrize("command,flags", [

@@ -4,7 +4,8 @@ Builds the CLI's default model (vocab 64, C 64, H 4, context 32; random tokens f
 optionally with contraction by construction (--lipschitz-target) and on a chip (--device, with
 --stuck-rate faults), runs `analogeq.contraction.certify` and prints the certificate; writes it as
 JSON to <out>/certify/certificate.json. Exit code 0 for CERTIFIED or VACUOUS, 3 for VIOLATED.
-(A checkpoint option will come with the trainer's checkpoint format.)
+`--checkpoint default|PATH` certifies a trained model instead (the shipped digits model, or a
+checkpoint of `analogeq train`), on its task's test inputs; the model options are then ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "F = -(1+c) z + N(z), what it proves (rate 1 + c - L, Euler eps < 2 / (1 + c + L)) and "
         "the measured log-norms, Jacobian norms and Euler decay beside it.",
     )
-    m = p.add_argument_group("model")
+    from ._checkpoint import add_checkpoint_option
+
+    add_checkpoint_option(p, default="none")
+    m = p.add_argument_group("model (with --checkpoint none)")
     m.add_argument("--vocab", type=int, default=64, help="vocabulary size (64)")
     m.add_argument("--d-model", type=int, default=64, help="channels C (64)")
     m.add_argument("--heads", type=int, default=4, help="attention heads (4)")
@@ -83,9 +87,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("analogeq certify: --stuck-rate and --tau-spread need --device")
     if args.batch < 1 or args.samples < 0:
         raise SystemExit("analogeq certify: --batch must be >= 1 and --samples >= 0")
-    model = EquilibriumTransformer(cfg, hw, seed=args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    tokens = torch.randint(0, args.vocab, (args.batch, args.context), generator=gen)
+    from ._checkpoint import load_for_cli, uses_checkpoint
+
+    if uses_checkpoint(args):
+        model, tokens, text = load_for_cli(args, hw)
+        cfg = model.config
+        print(text)
+    else:
+        model = EquilibriumTransformer(cfg, hw, seed=args.seed)
+        gen = torch.Generator().manual_seed(args.seed)
+        tokens = torch.randint(0, args.vocab, (args.batch, args.context), generator=gen)
     cert = certify(model, tokens, samples=args.samples, seed=args.seed)
     print(f"model: vocab {cfg.vocab_size}, d_model {cfg.d_model}, heads {cfg.n_heads}, context "
           f"{cfg.context}, c {cfg.c:g}, norm_eps {cfg.norm_eps:g}, lipschitz_target "

@@ -52,6 +52,7 @@ need the transformer model live in `analogeq.spice_models` (this layer knows no 
 from __future__ import annotations
 
 import math
+import operator
 import re
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -241,7 +242,11 @@ class Sum(Expr):
         return out
 
 
-class Prod(Expr):
+class _Binary(Expr):
+    """a <op> b; subclasses set the SPICE symbol and the torch operation."""
+
+    symbol: str = ""
+
     def __init__(self, a: Expr, b: Expr):
         self.a, self.b = a, b
 
@@ -249,32 +254,28 @@ class Prod(Expr):
         return (self.a, self.b)
 
     def signature(self) -> tuple:
-        return ("*", self.a.signature(), self.b.signature())
+        return (self.symbol, self.a.signature(), self.b.signature())
 
     def to_spice(self) -> str:
-        return f"({self.a.to_spice()}*{self.b.to_spice()})"
+        return f"({self.a.to_spice()}{self.symbol}{self.b.to_spice()})"
+
+    @staticmethod
+    def _apply(a: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def _eval(self, nodes: Iterator[Tensor], consts: Iterator[Tensor]) -> Tensor:
-        a = self.a._eval(nodes, consts)
-        return a * self.b._eval(nodes, consts)
+        a = self.a._eval(nodes, consts)  # a first: the iterators are consumed in tree order
+        return self._apply(a, self.b._eval(nodes, consts))
 
 
-class Div(Expr):
-    def __init__(self, a: Expr, b: Expr):
-        self.a, self.b = a, b
+class Prod(_Binary):
+    symbol = "*"
+    _apply = staticmethod(operator.mul)
 
-    def children(self) -> tuple[Expr, ...]:
-        return (self.a, self.b)
 
-    def signature(self) -> tuple:
-        return ("/", self.a.signature(), self.b.signature())
-
-    def to_spice(self) -> str:
-        return f"({self.a.to_spice()}/{self.b.to_spice()})"
-
-    def _eval(self, nodes: Iterator[Tensor], consts: Iterator[Tensor]) -> Tensor:
-        a = self.a._eval(nodes, consts)
-        return a / self.b._eval(nodes, consts)
+class Div(_Binary):
+    symbol = "/"
+    _apply = staticmethod(operator.truediv)
 
 
 class Func(Expr):

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from .netlist import GROUND, Const, Expr, Func, Netlist, Var, as_expr
+from .periphery import _check_positive as _check_pos  # (value, name) -> float > 0
 
 __all__ = [
     "to_spice",
@@ -102,15 +103,6 @@ class NgspiceNotFoundError(NgspiceError):
 
 def _num(x: float) -> str:
     return repr(float(x))
-
-
-def _check_pos(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number > 0, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return v
 
 
 def to_spice(

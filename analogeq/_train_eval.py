@@ -24,6 +24,7 @@ def evaluate(
     tol: float = 1e-5,
     max_steps: int | None = 200,
     limit: int | None = None,
+    fallback_steps: int = 0,
     **settle_options: Any,
 ) -> dict[str, Any]:
     """Settle every evaluation batch and score the readout at the settled state.
@@ -33,6 +34,9 @@ def evaluate(
             a new quenched read-noise draw unless `resample_read_noise=False` is passed).
         task: the `Task`; split "test" (or "train" for classify tasks); `limit` caps the samples.
         method, tol, max_steps, settle_options: the settle (`model.settle`).
+        fallback_steps: when the settle leaves samples unconverged, continue them from where it
+            ended with IMEX for up to this many steps (0 = off; the trainer's
+            `free_fallback_steps`).
 
     Returns:
         {"loss": mean cross entropy (nats; per sequence for classify, per character for lm),
@@ -48,6 +52,12 @@ def evaluate(
     converged = 0
     for x, y in task.eval_batches(split, batch_size, limit):
         res = model.settle(x, method, tol=tol, max_steps=max_steps, **settle_options)
+        if fallback_steps and res.status is not Status.CONVERGED:
+            # the same chip read (no new read-noise draw) continues the same relaxation
+            extra = ({"resample_read_noise": False} if getattr(model, "hardware", None)
+                     is not None else {})
+            res = model.settle(x, "imex", z0=res.z, tol=tol, max_steps=fallback_steps,
+                               **{**settle_options, **extra})
         logits = model.readout(res.z)
         if task.kind == "classify":
             logits = model.pooled_logits(logits)

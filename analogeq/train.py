@@ -85,6 +85,7 @@ __all__ = [
 RULES = ("asymep", "holomorphic", "adjoint", "bptt")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
+NUDGED_METHODS = ("imex", "anderson", "euler", "adaptive", "implicit", "ode")
 UPDATES = ("optimizer", "device-deterministic", "device-stochastic")
 DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "digits.pt"
 """The shipped digits checkpoint (`default_model()` loads it)."""
@@ -143,7 +144,15 @@ class TrainConfig:
         progress: tqdm progress bar. plots: write training.png at the end.
 
     Model (`ModelConfig`; the task fixes input/output shapes):
-        d_model, n_heads, ffn_mult, c, init_scale, embed_scale.
+        d_model, n_heads, ffn_mult, c, init_scale, embed_scale, norm_eps.
+        dtype: "float32" (default) or "float64". float64 costs little on this small block (the
+            steps are overhead-bound) and lets beta be small (~1): with float32 the nudge must
+            stay far above the rounding floor (beta ~40), where the nudged phases are nonlinear
+            (cos to the exact gradient 0.89 measured mid-training, and the -beta phase stalls:
+            it adds +beta times the loss Hessian to the Jacobian).
+        lipschitz_target: None (off) or L < 1 + c: contraction by construction, the model is
+            projected (`model.enforce_lipschitz()`) at the start and after every update, so the
+            provable bound on Lip(N) stays <= L (use a large norm_eps, e.g. 1, with it).
 
     Rule:
         rule: "asymep" (default) | "holomorphic" | "adjoint" | "bptt".
@@ -155,6 +164,16 @@ class TrainConfig:
         points: holomorphic EP nudges (>= 2).
         free_tol: free-phase force-residual tolerance (> 0; None: 1.2e-5 in float32).
         free_max_steps: free-phase Anderson iterations (>= 1).
+        free_fallback_steps: when Anderson leaves samples unsettled, continue them from its best
+            point with IMEX for up to this many steps (0 = off); with a non-IMEX nudged_method,
+            an estimate whose free phase settled but a nudged phase did not is also redone with
+            IMEX nudged phases of this budget (logged as "nudged_retry"). Measured on digits
+            (AsymEP step 150, a sample with leading eigenvalue -0.32, i.e. a stable root):
+            Anderson was at 3e-4 after 300 iterations (382 to converge, through a non-monotone
+            transient), IMEX converged in 106.
+        nudged_max_steps: nudged-phase iterations (>= 1; None: the method's default).
+        nudged_method: integrator of the nudged phases ("imex" default, "anderson", "euler",
+            "adaptive", ...; `analogeq.integrators.settle` names).
         gate_residual: residual gate: skip an estimate whose free residual exceeds it (> 0).
         bptt_steps, bptt_eps: the BPTT unroll (explicit Euler, steps >= 1, eps > 0).
 
@@ -179,7 +198,13 @@ class TrainConfig:
     Regularisers (`analogeq.learning.regularizers`, used only when that module is installed):
         jacobian_penalty: initial weight of the Jacobian penalty (>= 0; 0 = off).
         adaptive: the penalty's adaptive controller (else the weight stays frozen); the
-            controller's floor is min(0.1, jacobian_penalty), its cap 16.
+            controller's floor is `jacobian_floor` (None: min(0.1, jacobian_penalty)), its cap 16,
+            its target free residual `jacobian_target` (1e-3).
+        controller_steps: what the controller observes: None, the free phase's final force
+            residual (it only exceeds the target once the free phase fails to settle at all); k,
+            the free residual after k Anderson iterations (from the settle's trace; the final one
+            when it converged earlier): a measure of contraction *speed*, which rises tens of steps
+            before the free phase stops settling, so the weight grows in time.
         residual_penalty: the residual penalty's gradient as a fraction of the task gradient's
             norm (>= 0; 0 = off; `ResidualPenalty(fraction=...)`).
 
@@ -208,6 +233,9 @@ class TrainConfig:
     c: float = 1.0
     init_scale: float = 0.5
     embed_scale: float = 1.0
+    norm_eps: float = 1e-5
+    dtype: str = "float32"
+    lipschitz_target: float | None = None
     # rule
     rule: str = "asymep"
     beta: float = 40.0
@@ -215,6 +243,9 @@ class TrainConfig:
     points: int = 4
     free_tol: float | None = None
     free_max_steps: int = 100
+    free_fallback_steps: int = 0
+    nudged_max_steps: int | None = None
+    nudged_method: str = "imex"
     gate_residual: float = 1e-3
     bptt_steps: int = 30
     bptt_eps: float = 0.3
@@ -240,6 +271,9 @@ class TrainConfig:
     # regularisers
     jacobian_penalty: float = 0.0
     adaptive: bool = True
+    jacobian_floor: float | None = None
+    jacobian_target: float = 1e-3
+    controller_steps: int | None = None
     residual_penalty: float = 0.0
     # guard
     guard_residual: float = 0.3
@@ -264,15 +298,23 @@ class TrainConfig:
                   "points", "free_max_steps", "bptt_steps", "bl"):
             _check(n, getattr(self, n), int, low=2 if n == "points" else 1)
         _check("eval_limit", self.eval_limit, int, low=1, none_ok=True)
+        _check("nudged_max_steps", self.nudged_max_steps, int, low=1, none_ok=True)
+        _check("controller_steps", self.controller_steps, int, low=1, none_ok=True)
+        _check("free_fallback_steps", self.free_fallback_steps, int, low=0)
+        _check("jacobian_floor", self.jacobian_floor, (int, float), low=0.0, strict_low=True,
+               none_ok=True)
+        _check("jacobian_target", self.jacobian_target, (int, float), low=0.0, strict_low=True)
         _check("warmup_steps", self.warmup_steps, int, low=0)
         _check("max_rollbacks", self.max_rollbacks, int, low=0)
         for n in ("c", "weight_decay", "noise", "tau_spread", "jacobian_penalty",
                   "residual_penalty"):
             _check(n, getattr(self, n), (int, float), low=0.0)
         for n in ("init_scale", "embed_scale", "beta", "gate_residual", "bptt_eps", "lr",
-                  "guard_residual"):
+                  "guard_residual", "norm_eps"):
             _check(n, getattr(self, n), (int, float), low=0.0, strict_low=True)
         _check("free_tol", self.free_tol, (int, float), low=0.0, strict_low=True, none_ok=True)
+        _check("lipschitz_target", self.lipschitz_target, (int, float), low=0.0, strict_low=True,
+               high=1.0 + float(self.c) - 1e-9, none_ok=True)
         _check("clip", self.clip, (int, float), low=0.0, strict_low=True, none_ok=True)
         _check("nudged_rtol", self.nudged_rtol, (int, float), low=0.0, high=0.5, strict_low=True)
         _check("momentum", self.momentum, (int, float), low=0.0, high=0.999)
@@ -281,6 +323,8 @@ class TrainConfig:
                strict_low=True)
         _check("drift_max", self.drift_max, (int, float), low=1.0)
         _check("rule", self.rule, str, choices=RULES)
+        _check("dtype", self.dtype, str, choices=("float32", "float64"))
+        _check("nudged_method", self.nudged_method, str, choices=NUDGED_METHODS)
         _check("optimizer", self.optimizer, str, choices=OPTIMIZERS)
         _check("schedule", self.schedule, str, choices=SCHEDULES)
         _check("updates", self.updates, str, choices=UPDATES)
@@ -324,7 +368,10 @@ def model_config_for(config: TrainConfig, task: Task) -> ModelConfig:
     """The `ModelConfig` of a run: the task's shapes plus the config's model fields."""
     return ModelConfig(
         d_model=config.d_model, n_heads=config.n_heads, ffn_mult=config.ffn_mult, c=config.c,
-        init_scale=config.init_scale, embed_scale=config.embed_scale, **task.model_fields,
+        init_scale=config.init_scale, embed_scale=config.embed_scale,
+        norm_eps=float(config.norm_eps), dtype=config.dtype, lipschitz_target=(
+            None if config.lipschitz_target is None else float(config.lipschitz_target)),
+        **task.model_fields,
     )
 
 
@@ -351,8 +398,9 @@ def make_estimator(config: TrainConfig) -> Any:
     """The gradient estimator of `config.rule`."""
     # IMEX for the nudged phases: measured on digits (d_model 32, after 28 AsymEP steps) it
     # settled both nudges in 64-88 evaluations where Anderson took 200 and stalled on one.
-    common = dict(nudged_method="imex", free_tol=config.free_tol,
+    common = dict(nudged_method=config.nudged_method, free_tol=config.free_tol,
                   free_max_steps=config.free_max_steps,
+                  nudged_max_steps=config.nudged_max_steps,
                   gate_residual=config.gate_residual, nudged_rtol=float(config.nudged_rtol))
     if config.rule == "asymep":
         return AsymEP(beta=float(config.beta), **common)
@@ -380,7 +428,10 @@ def make_regularizers(config: TrainConfig) -> list[Any]:
     out = []
     if config.jacobian_penalty > 0:
         w = float(config.jacobian_penalty)
-        out.append(regs.JacobianPenalty(weight=w, adaptive=config.adaptive, floor=min(0.1, w),
+        floor = min(0.1, w) if config.jacobian_floor is None else min(float(config.jacobian_floor),
+                                                                       w)
+        out.append(regs.JacobianPenalty(weight=w, adaptive=config.adaptive, floor=floor,
+                                        target_residual=float(config.jacobian_target),
                                         seed=_mix(config.seed, 17) % 2**31))
     if config.residual_penalty > 0:
         out.append(regs.ResidualPenalty(fraction=float(config.residual_penalty)))
@@ -455,6 +506,12 @@ class Trainer:
         self.eval_model = (self.model if self.hardware is None else
                            EquilibriumTransformer(self.model_config, seed=config.seed))
         self.estimator = make_estimator(config)
+        # nudged phases that stall are retried with IMEX (`free_fallback_steps` budget)
+        self.retry_estimator = (
+            make_estimator(config.replace(nudged_method="imex",
+                                          nudged_max_steps=config.free_fallback_steps))
+            if config.rule in ("asymep", "holomorphic") and config.free_fallback_steps
+            and config.nudged_method != "imex" else None)
         self.regularizers = make_regularizers(config)
         self.updater = make_updater(config)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -590,9 +647,27 @@ class Trainer:
         start = self.model.initial_state(force).detach()
         free = integrators.settle(force, start, "anderson", tol=self.free_tol,
                                   max_steps=self.config.free_max_steps)
+        self._anderson = free
+        if free.status is not integrators.Status.CONVERGED and self.config.free_fallback_steps:
+            # IMEX from Anderson's best point; samples already below tol stop at once
+            more = integrators.settle(force, free.z.detach(), "imex", tol=self.free_tol,
+                                      max_steps=self.config.free_fallback_steps)
+            free = dataclasses.replace(more, nfe=free.nfe + more.nfe, steps=free.steps
+                                       + more.steps, info={**more.info, "fallback": True})
         if self.config.rule == "bptt":
             return self.estimator.gradients(self.model, x, y), free
-        return self.estimator.gradients(self.model, x, y, free=free), free
+        result = self.estimator.gradients(self.model, x, y, free=free)
+        if (not result.valid and self.retry_estimator is not None
+                and free.status is integrators.Status.CONVERGED
+                and _max(free.residual) <= self.config.gate_residual):
+            # the free phase settled but a nudged phase did not: redo the nudged phases with
+            # IMEX (slower per evaluation, but it follows the flow where Anderson stalls)
+            again = self.retry_estimator.gradients(self.model, x, y, free=free)
+            nfe = dict(result.info.get("nfe", {}))
+            nfe.update({f"retry {k}": v for k, v in again.info.get("nfe", {}).items()
+                        if k != "free"})
+            result = GradientResult(again.grads, {**again.info, "nfe": nfe, "retried": True})
+        return result, free
 
     def train_step(self) -> dict[str, Any]:
         """One step (module docstring); returns its log record (kind "step"). A guard trip
@@ -637,7 +712,7 @@ class Trainer:
                 controller = float(reg.weight)  # the weight this step's gradient used
             for k, g in rr.grads.items():
                 grads[k] = grads[k] + g if k in grads else g
-            reg.observe(free_res.detach())
+            reg.observe(self._observed_residual(getattr(self, "_anderson", free), free_res))
             reg_info[reg.name] = float(rr.value)
 
         finite = math.isfinite(loss) and all(bool(torch.isfinite(g).all())
@@ -648,7 +723,12 @@ class Trainer:
             "free_residual": worst, "nudged_residual": nudged_res, "nfe": nfe,
             "controller_weight": controller, "lr": self.lr_at(self.step),
             "valid": bool(result.valid), "updated": False,
+            "nfe_split": {k: int(v) for k, v in info.get("nfe", {}).items()},
         }
+        if free is not None and free.info.get("fallback"):
+            record["free_fallback"] = True
+        if info.get("retried"):
+            record["nudged_retry"] = True
         if reg_info:
             record["regularizers"] = reg_info
         if caught:
@@ -670,6 +750,15 @@ class Trainer:
         record["step_wall"] = time.perf_counter() - t0
         return record
 
+    def _observed_residual(self, free: Any, free_res: Tensor) -> Tensor:
+        """(batch,) what the regularisers' controllers see (`controller_steps`)."""
+        k = self.config.controller_steps
+        trace = getattr(free, "trace", None)
+        if k is None or trace is None or trace.sample_residual is None:
+            return free_res.detach()
+        rows = trace.sample_residual
+        return rows[min(k, rows.shape[0] - 1)].to(free_res.dtype)
+
     def _apply(self, grads: dict[str, Tensor], lr: float) -> None:
         params = dict(self.model.named_parameters())
         if self.config.clip is not None:
@@ -679,6 +768,7 @@ class Trainer:
             grads = {k: g * factor for k, g in grads.items()}
         if self.updater is not None:
             self.updater.apply(self.model, grads, lr)
+            self._project()
             return
         for name, p in params.items():
             g = grads.get(name)
@@ -687,6 +777,14 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._project()
+
+    def _project(self) -> None:
+        """Contraction by construction (`lipschitz_target`): rescale the branch outputs so the
+        provable Lip(N) bound stays <= the target (a hardware model is reprogrammed by it)."""
+        if self.model_config.lipschitz_target is not None:
+            with torch.no_grad():
+                self.model.enforce_lipschitz()
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, split: str = "test") -> dict[str, Any]:
@@ -694,7 +792,8 @@ class Trainer:
         if self.eval_model is not self.model:
             self.eval_model.load_state_dict(nominal_weights(self.model), strict=True)
         return evaluate(self.eval_model, self.task, split, limit=self.config.eval_limit,
-                        tol=self.free_tol, max_steps=self.config.free_max_steps)
+                        tol=self.free_tol, max_steps=self.config.free_max_steps,
+                        fallback_steps=self.config.free_fallback_steps)
 
     def _eval_and_record(self) -> None:
         ev = self.evaluate()
@@ -732,6 +831,7 @@ class Trainer:
             p.unlink(missing_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.log = JsonlLog(self.log_path)
+        self._project()
         self.save()  # step 0: the first rollback target
 
     def _rollback(self, record: dict[str, Any]) -> bool:

@@ -228,3 +228,43 @@ def test_cli_train_runs(tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "cli" / "checkpoint.pt").is_file()
     assert '"status": "completed"' in capsys.readouterr().out
+
+
+def test_lipschitz_target_keeps_the_provable_bound(tmp_path):
+    from analogeq.contraction import lipschitz_bound
+
+    tr = Trainer(cfg(tmp_path, steps=3, lipschitz_target=1.5, norm_eps=1.0, lr=3e-2,
+                     warmup_steps=0))
+    tr.run()
+    assert tr.model.config.lipschitz_target == 1.5 and tr.model.config.norm_eps == 1.0
+    # the independent certificate (spectral norms, float64) on the trained weights
+    assert lipschitz_bound(tr.model, weights="nominal").L <= 1.5
+    # the saved model carries the constraint
+    assert load_checkpoint(tmp_path / "run" / "best.pt").config.lipschitz_target == 1.5
+
+
+def test_controller_steps_lets_the_controller_see_slow_contraction(tmp_path):
+    """After 1 Anderson iteration the free residual is far above the target (1e-3), although
+    the phase converges: observing it there grows the weight by `up` every step, while the
+    final residual (default) is below target and shrinks it by `down`."""
+    pytest.importorskip("analogeq.learning.regularizers")
+    early = Trainer(cfg(tmp_path, "early", steps=3, jacobian_penalty=0.5, jacobian_floor=0.5,
+                        controller_steps=1))
+    early.run()
+    reg = early.regularizers[0]
+    assert reg.floor == 0.5
+    assert math.isclose(reg.weight, 0.5 * reg.up ** 3, rel_tol=1e-9)
+    final = Trainer(cfg(tmp_path, "final", steps=3, jacobian_penalty=0.5, jacobian_floor=0.1))
+    final.run()
+    assert math.isclose(final.regularizers[0].weight, 0.5 * reg.down ** 3, rel_tol=1e-9)
+
+
+def test_nudged_method_reaches_the_estimator(tmp_path):
+    tr = Trainer(cfg(tmp_path, steps=1, nudged_method="anderson"))
+    x, y = tr.task.batch(0, 8, 0)
+    info = tr.estimator.gradients(tr.model, x, y).info
+    assert {p.method for p in info["phases"] if p.name == "nudged"} == {"anderson"}
+    with pytest.raises(ValueError, match="nudged_method"):
+        TrainConfig(nudged_method="rk4")
+    with pytest.raises(ValueError, match="lipschitz_target"):
+        TrainConfig(lipschitz_target=2.5)

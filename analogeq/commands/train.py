@@ -18,7 +18,7 @@ runs write under runs/<name> (or --out): checkpoint.pt, best.pt, log.jsonl, trai
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..circuits import PRESETS
-    from ..train import OPTIMIZERS, RULES, SCHEDULES, UPDATES, TrainConfig
+    from ..train import NUDGED_METHODS, OPTIMIZERS, RULES, SCHEDULES, UPDATES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--ffn-mult", type=int, default=d.ffn_mult)
     g.add_argument("--init-scale", type=float, default=d.init_scale)
     g.add_argument("--embed-scale", type=float, default=d.embed_scale)
+    g.add_argument("--norm-eps", type=float, default=d.norm_eps,
+                   help=f"LayerNorm / RMSNorm epsilon ({d.norm_eps:g}; ~1 with --lipschitz-target)")
+    g.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"),
+                   help=f"parameter and state dtype ({d.dtype}; float64 allows a small --beta)")
+    g.add_argument("--lipschitz-target", type=float, default=d.lipschitz_target,
+                   help="contraction by construction: keep the provable Lip(N) bound <= this "
+                        "(< 1 + c; default off)")
     g = p.add_argument_group("rule and optimiser")
     g.add_argument("--beta", type=float, default=d.beta,
                    help=f"AsymEP nudge / holomorphic radius ({d.beta})")
@@ -59,6 +66,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--updates", default=d.updates, choices=UPDATES,
                    help="optimiser on the weights, or per-device pulses (needs --device)")
     g.add_argument("--free-max-steps", type=int, default=d.free_max_steps)
+    g.add_argument("--free-fallback-steps", type=int, default=d.free_fallback_steps,
+                   help="continue samples Anderson left unsettled with IMEX for this many steps "
+                        "(0 = off)")
+    g.add_argument("--free-tol", type=float, default=d.free_tol,
+                   help="free-phase force-residual tolerance (default 1.2e-5 in float32)")
+    g.add_argument("--nudged-rtol", type=float, default=d.nudged_rtol,
+                   help=f"nudged tolerance relative to the nudge ({d.nudged_rtol:g})")
+    g.add_argument("--nudged-method", default=d.nudged_method, choices=NUDGED_METHODS,
+                   help=f"integrator of the nudged phases ({d.nudged_method})")
+    g.add_argument("--nudged-max-steps", type=int, default=d.nudged_max_steps,
+                   help="nudged-phase iterations (default: the method's)")
+    g.add_argument("--gate-residual", type=float, default=d.gate_residual,
+                   help=f"skip an estimate whose free residual exceeds this ({d.gate_residual:g})")
+    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio)
     g = p.add_argument_group("hardware-noise injection")
     g.add_argument("--device", default=None, choices=sorted(PRESETS),
                    help="train on this device's noise (default: digital training)")
@@ -73,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="initial Jacobian-penalty weight (0 = off)")
     g.add_argument("--frozen-penalty", action="store_true",
                    help="keep the Jacobian-penalty weight fixed (no adaptive controller)")
+    g.add_argument("--jacobian-floor", type=float, default=d.jacobian_floor,
+                   help="controller floor (default min(0.1, --jacobian-penalty))")
+    g.add_argument("--jacobian-target", type=float, default=d.jacobian_target,
+                   help=f"controller's target free residual ({d.jacobian_target:g})")
+    g.add_argument("--controller-steps", type=int, default=d.controller_steps,
+                   help="controller observes the free residual after this many iterations "
+                        "(default: the final residual)")
     g.add_argument("--residual-penalty", type=float, default=d.residual_penalty)
     g.add_argument("--guard-residual", type=float, default=d.guard_residual,
                    help="free residual that triggers a rollback (0.3)")
@@ -93,13 +121,21 @@ def config_from_args(args: argparse.Namespace) -> Any:
         task=args.task, rule=args.rule, steps=args.steps, batch_size=args.batch_size, name=name,
         out=args.out, resume=args.resume, overwrite=args.overwrite, seed=args.seed,
         d_model=args.d_model, n_heads=args.heads, ffn_mult=args.ffn_mult,
-        init_scale=args.init_scale, embed_scale=args.embed_scale, beta=args.beta,
+        init_scale=args.init_scale, embed_scale=args.embed_scale, norm_eps=args.norm_eps,
+        dtype=args.dtype,
+        lipschitz_target=args.lipschitz_target, beta=args.beta, free_tol=args.free_tol,
+        free_fallback_steps=args.free_fallback_steps,
+        nudged_rtol=args.nudged_rtol, nudged_method=args.nudged_method,
+        nudged_max_steps=args.nudged_max_steps,
+        gate_residual=args.gate_residual, min_lr_ratio=args.min_lr_ratio,
         bptt_steps=args.bptt_steps, bptt_eps=args.bptt_eps, optimizer=args.optimizer,
         lr=args.lr, warmup_steps=args.warmup, schedule=args.schedule,
         clip=args.clip if args.clip and args.clip > 0 else None, updates=args.updates,
         free_max_steps=args.free_max_steps, device=args.device, noise=args.noise,
         read_noise=args.read_noise, drift_aware=args.drift_aware, drift_max=args.drift_max,
         jacobian_penalty=args.jacobian_penalty, adaptive=not args.frozen_penalty,
+        jacobian_floor=args.jacobian_floor, jacobian_target=args.jacobian_target,
+        controller_steps=args.controller_steps,
         residual_penalty=args.residual_penalty, guard_residual=args.guard_residual,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress, plots=not args.no_plots,

@@ -153,23 +153,40 @@ def probe(model: Any, inputs: torch.Tensor, *, k: int = 6, eps: float = 0.1,
 # one training run, probed between steps
 
 
+def set_attn_gain(model: Any, gain: float) -> None:
+    """Set the attention logit gain of a built model (`ModelConfig.attn_gain`, which
+    `TrainConfig` does not expose): logits (q . k) * gain / sqrt(head size). The model's
+    `config` is updated too, so that checkpoints record it."""
+    import dataclasses
+
+    if not (isinstance(gain, int | float) and math.isfinite(gain) and gain > 0):
+        raise ValueError(f"attn_gain must be a finite number > 0, got {gain!r}")
+    model.attn.scale = float(gain) / math.sqrt(model.attn.head_dim)
+    model.config = dataclasses.replace(model.config, attn_gain=float(gain))
+
+
 def run_one(label: str, config: TrainConfig, probe_inputs: torch.Tensor, *, every: int,
-            probe_options: dict[str, Any], stop_after_wall: int | None = None,
+            probe_options: dict[str, Any], attn_gain: float = 1.0,
+            stop_after_wall: int | None = None,
             max_minutes: float | None = None, log: Any = None,
             echo: bool = True) -> dict[str, Any]:
     """Train `config` with `Trainer.train_step`, probing every `every` steps (and at the end).
 
     Stops at `config.steps`, at a guard trip (the trainer's wall), `stop_after_wall` probes
-    after the first probe with a complex leading pair at Re mu > 0, or after `max_minutes` of
-    wall time. Returns a JSON-ready dict: "label", "status", "steps_done", "probes" (list of
-    `probe` dicts with "step" and "controller_weight"), "steps" (per-step loss, accuracy, free
-    residual, controller weight, valid), "first_unstable_step", "first_hopf_step" (first probe
-    with leading Re mu > 0 as a complex pair), "first_euler_failure_step", "guard", "wall" (s)
-    and "probe_wall" (s, the part spent probing).
+    after the first probe with a complex leading pair at Re mu > 0 (on any probe sample), or
+    after `max_minutes` of wall time. Returns a JSON-ready dict: "label", "status",
+    "steps_done", "probes" (`probe` dicts with "step", "controller_weight", "recent_loss"),
+    "steps" (per-step loss, accuracy, free residual, controller weight, valid),
+    "first_unstable_step" (first probe with a sample whose leading Re mu > 0),
+    "first_hopf_step" (first probe with a sample whose leading eigenvalue is a complex pair at
+    Re mu > 0), "first_euler_failure_step", "guard", "wall" (s), "probe_wall" (s).
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an integer >= 1, got {every!r}")
     trainer = Trainer(config)
+    set_attn_gain(trainer.model, attn_gain)
+    if trainer.eval_model is not trainer.model:
+        set_attn_gain(trainer.eval_model, attn_gain)
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     (trainer.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     t0 = time.perf_counter()
@@ -185,7 +202,13 @@ def run_one(label: str, config: TrainConfig, probe_inputs: torch.Tensor, *, ever
         step = trainer.step
         if step % every == 0 or step == config.steps:
             p = probe(trainer.model, probe_inputs, **probe_options)
-            p.update(step=step, controller_weight=weight)
+            recent = steps[-every:]
+            losses = [r["loss"] for r in recent if r["loss"] is not None
+                      and math.isfinite(r["loss"])]
+            p.update(step=step, controller_weight=weight,
+                     recent_loss=sum(losses) / len(losses) if losses else None,
+                     recent_skipped=sum(not r["valid"] for r in recent),
+                     elapsed=time.perf_counter() - t0)
             probe_wall += p["wall"]
             probes.append(p)
             if log is not None:
@@ -194,8 +217,7 @@ def run_one(label: str, config: TrainConfig, probe_inputs: torch.Tensor, *, ever
             if p["status"] == "ok":
                 if p["lead_re"] > 0 and out["first_unstable_step"] is None:
                     out["first_unstable_step"] = step
-                if (p["lead_re"] > 0 and p["lead_kind"] == "complex"
-                        and out["first_hopf_step"] is None):
+                if p["n_unstable_complex"] > 0 and out["first_hopf_step"] is None:
                     out["first_hopf_step"] = step
                     after_wall = 0
             if p["euler"].get("converged", 0) < sum(p["euler"].values()) and out[
@@ -220,6 +242,17 @@ def run_one(label: str, config: TrainConfig, probe_inputs: torch.Tensor, *, ever
                             "free_residual": rec["free_residual"]}
             if echo:
                 print(f"[{label}] guard at step {rec['step']}: {rec['guard']}", flush=True)
+            if not probes or probes[-1]["step"] != step:  # the model the guard refused
+                p = probe(trainer.model, probe_inputs, **probe_options)
+                p.update(step=step, controller_weight=weight, recent_loss=None,
+                         recent_skipped=0, elapsed=time.perf_counter() - t0, at_guard=True)
+                probe_wall += p["wall"]
+                probes.append(p)
+                if log is not None:
+                    log.write(json.dumps({"run": label, **p}) + "\n")
+                    log.flush()
+                if echo:
+                    print(_probe_line(label, p), flush=True)
             break
         if rec.get("controller_weight") is not None:
             weight = float(trainer.regularizers[0].weight)  # after this step's observation
@@ -239,7 +272,9 @@ def _probe_line(label: str, p: dict[str, Any]) -> str:
     s = (f"[{label}] step {p['step']:5d}: leading mu = {p['lead_re']:+.3f} +- {p['lead_im']:.3f}j "
          f"({p['lead_kind']}), median Re {p['median_lead_re']:+.3f}, unstable "
          f"{p['n_unstable']}/{p['samples']} ({p['n_unstable_complex']} complex), euler "
-         f"{p['euler']}, weight {p['controller_weight']:.3g}, probe {p['wall']:.1f}s")
+         f"{p['euler']}, weight {p['controller_weight']:.3g}, loss "
+         f"{p['recent_loss'] or math.nan:.3f}, skipped {p['recent_skipped']}, probe "
+         f"{p['wall']:.1f}s, t {p['elapsed']:.0f}s")
     if "ode" in p:
         s += f", ode {p['ode']['status']} (res {p['ode']['residual']:.1e})"
     return s
@@ -308,30 +343,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="frozen,adaptive",
                    help="comma-separated subset of frozen,adaptive (default %(default)s)")
     p.add_argument("--task", default="digits", choices=("digits", "synthetic", "text"))
-    p.add_argument("--rule", default="adjoint", choices=("asymep", "holomorphic", "adjoint",
+    p.add_argument("--rule", default="bptt", choices=("asymep", "holomorphic", "adjoint",
                                                           "bptt"))
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--schedule", default="constant", choices=("constant", "cosine"))
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--init-scale", type=float, default=1.0)
+    p.add_argument("--attn-gain", type=float, default=3.0,
+                   help="attention logit gain (ModelConfig.attn_gain; default %(default)s)")
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--free-max-steps", type=int, default=200)
+    p.add_argument("--bptt-steps", type=int, default=10, help="BPTT unroll (Euler steps)")
+    p.add_argument("--bptt-eps", type=float, default=0.3, help="BPTT unroll step")
     p.add_argument("--gate-residual", type=float, default=0.3,
                    help="trainer's residual gate (default %(default)s: only a free phase that "
                         "ran away skips the update)")
     p.add_argument("--guard-residual", type=float, default=0.3)
     p.add_argument("--frozen-weight", type=float, default=0.1)
     p.add_argument("--adaptive-weight", type=float, default=0.1)
-    p.add_argument("--probe-every", type=int, default=25)
+    p.add_argument("--probe-every", type=int, default=5)
     p.add_argument("--probe-samples", type=int, default=32)
     p.add_argument("--k", type=int, default=6)
     p.add_argument("--probe-eps", type=float, default=0.1)
     p.add_argument("--probe-steps", type=int, default=1500)
     p.add_argument("--no-ode", action="store_true", help="skip the dopri5 check")
-    p.add_argument("--stop-after-wall", type=int, default=4,
+    p.add_argument("--stop-after-wall", type=int, default=-1,
                    help="probes to keep training after the first Hopf crossing (-1: never stop)")
     p.add_argument("--max-minutes", type=float, default=7.0, help="wall budget per run")
     p.add_argument("--quiet", action="store_true")
@@ -345,7 +384,8 @@ def _config(args: argparse.Namespace, label: str, out: Path) -> TrainConfig:
         batch_size=args.batch_size, seed=args.seed, overwrite=True, progress=False, plots=False,
         d_model=args.d_model, init_scale=args.init_scale, rule=args.rule, lr=args.lr,
         schedule=args.schedule, warmup_steps=args.warmup_steps,
-        free_max_steps=args.free_max_steps, gate_residual=args.gate_residual,
+        free_max_steps=args.free_max_steps, bptt_steps=args.bptt_steps,
+        bptt_eps=args.bptt_eps, gate_residual=args.gate_residual,
         guard_residual=args.guard_residual,
         jacobian_penalty=args.adaptive_weight if adaptive else args.frozen_weight,
         adaptive=adaptive,
@@ -368,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python examples/hopf_wall.py " + " ".join(sys.argv[1:] if argv is None
                                                                else argv),
         "args": vars(args), "runs": [],
-        "title": (f"{args.task}, {args.rule}, init_scale {args.init_scale:g}, lr {args.lr:g}: "
+        "title": (f"{args.task}, {args.rule}, init_scale {args.init_scale:g}, attn_gain "
+                  f"{args.attn_gain:g}, lr {args.lr:g}: "
                   f"frozen weight {args.frozen_weight:g} vs adaptive"),
     }
     t0 = time.perf_counter()
@@ -378,11 +419,11 @@ def main(argv: list[str] | None = None) -> int:
             trainer_task = Trainer(config).task  # the probe batch: fixed training samples
             probe_inputs, _ = trainer_task.batch(10**6, args.probe_samples, args.seed + 1)
             run = run_one(label, config, probe_inputs, every=args.probe_every,
-                          probe_options=probe_options,
+                          probe_options=probe_options, attn_gain=args.attn_gain,
                           stop_after_wall=None if args.stop_after_wall < 0
                           else args.stop_after_wall,
                           max_minutes=args.max_minutes, log=log, echo=not args.quiet)
-            run["config"] = config.to_dict()
+            run["config"] = {**config.to_dict(), "attn_gain": args.attn_gain}
             result["runs"].append(run)
     result["wall"] = time.perf_counter() - t0
     (out / "hopf_wall.json").write_text(json.dumps(result, indent=1, default=str))

@@ -19,6 +19,13 @@ One step (`Trainer.train_step`):
 4. optional regularisers (a Jacobian penalty with its adaptive controller, a residual penalty;
    `analogeq.learning.regularizers`, when installed) add their gradients and observe the free
    residual;
+   Robustness (all optional, off by default): Anderson's unsettled samples continue with IMEX
+   (`free_fallback_steps`), a stalled nudged phase is redone with IMEX, and after the update
+   `spectral_target` scales the branch outputs when a power-iteration estimate of rho(dN/dz) at
+   the free state exceeds its bound (contraction by measurement), `lipschitz_target` when the
+   provable bound does (contraction by construction). The digits recipe (benchmarks/results/
+   training.md): float64, beta 0.01, free_tol 1e-6, Anderson nudges, fallback 300,
+   spectral_target 0.9;
 5. the divergence guard: a non-finite loss or gradient, or a free-phase force residual above
    `guard_residual` (0.3), rolls the run back to the last checkpoint, multiplies the learning rate
    by `guard_lr_factor` and logs a "rollback" event (at most `max_rollbacks` times, then the run

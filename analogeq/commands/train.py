@@ -13,6 +13,10 @@ _EPILOG = """examples:
   analogeq train --task digits --rule bptt --steps 3000 --name digits-bptt
   analogeq train --task digits --device pcm --noise 1 --name digits-pcm     # noise injection
   analogeq train --name digits-asymep --resume                              # continue a run
+  # the measured digits recipe (AsymEP, contraction by measurement):
+  analogeq train --task digits --steps 1200 --dtype float64 --beta 0.01 --free-tol 1e-6
+      --nudged-method anderson --nudged-max-steps 100 --free-fallback-steps 300
+      --spectral-target 0.9 --name digits-asymep-r5b
 runs write under runs/<name> (or --out): checkpoint.pt, best.pt, log.jsonl, training.png."""
 
 

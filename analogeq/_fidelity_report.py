@@ -19,6 +19,8 @@ from torch import Tensor
 
 from .integrators import SettleResult, Status
 from .probes import AsymmetryResult, EigResult, EulerStep
+from .probes import _fmt_c as fmt_c  # shared formatting: one definition
+from .probes import _json_safe as json_safe
 
 
 class Verdict(enum.Enum):
@@ -409,27 +411,8 @@ def _result_dict(res: SettleResult) -> dict[str, Any]:
     }
 
 
-def fmt_c(m: Any) -> str:
-    c = complex(m)
-    if math.isnan(c.real) or math.isnan(c.imag):
-        return "(not converged)"
-    sign = "+" if c.imag >= 0 else "-"
-    return f"{c.real:.4g}{sign}{abs(c.imag):.4g}j"
-
-
 def _fmt_f(x: float) -> str:
     return "-" if not math.isfinite(x) else f"{x:.2e}"
-
-
-def json_safe(x: Any) -> Any:
-    """Non-finite floats as 'inf' / '-inf' / 'nan' strings (JSON has none), recursively."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [json_safe(v) for v in x]
-    return x
 
 
 __all__ = ["Verdict", "Instability", "SampleVerdict", "MethodReport", "FidelityReport", "worst",

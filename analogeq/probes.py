@@ -1777,7 +1777,7 @@ def _json_safe(x: Any) -> Any:
         return str(x)
     if isinstance(x, dict):
         return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
+    if isinstance(x, list | tuple):
         return [_json_safe(v) for v in x]
     return x
 

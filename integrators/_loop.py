@@ -8,9 +8,10 @@ Samples still running when the budget ends are classified from their own residua
 
 The running samples are kept *compacted*: the method steps a state that holds only them, and rows
 are gathered and scattered only when a sample leaves (at most `batch` times per run), never on an
-ordinary step. Host syncs: one per step (whether any sample left or failed, two flags read
-together), plus one when the working set shrinks. Everything else stays on the state's device;
-histories are moved to the CPU once, at the end.
+ordinary step. Host syncs: one per step, a (6, k) transfer of the k running samples' norms, times
+and flags, from which the per-sample bookkeeping (statuses, residuals, histories) is done on the
+host; nothing else syncs (the working set's new indices go back to the device without a sync).
+The state itself stays on its device; only the observer's readings are moved at the end.
 """
 
 from __future__ import annotations

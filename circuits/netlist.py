@@ -778,7 +778,8 @@ class Netlist:
     def is_reciprocal(self) -> bool:
         return self.reciprocity().reciprocal
 
-    def _aux_order(self) -> list[str]:
+    def _aux_graph(self) -> tuple[list[str], nx.DiGraph]:
+        """The aux nodes and their dependency graph (edge m -> n: n's expression reads m)."""
         aux = self.aux_nodes
         g = nx.DiGraph()
         g.add_nodes_from(aux)
@@ -787,17 +788,14 @@ class Netlist:
             for m in self.graph.nodes[n]["expr"].nodes():
                 if m in aux_set:
                     g.add_edge(m, n)
+        return aux, g
+
+    def _aux_order(self) -> list[str]:
+        aux, g = self._aux_graph()
         return list(nx.lexicographical_topological_sort(g, key=aux.index))
 
     def _aux_generations(self) -> list[list[str]]:
-        aux = self.aux_nodes
-        g = nx.DiGraph()
-        g.add_nodes_from(aux)
-        aux_set = set(aux)
-        for n in aux:
-            for m in self.graph.nodes[n]["expr"].nodes():
-                if m in aux_set:
-                    g.add_edge(m, n)
+        aux, g = self._aux_graph()
         order = {n: i for i, n in enumerate(aux)}
         return [sorted(gen, key=order.__getitem__) for gen in nx.topological_generations(g)]
 

@@ -60,18 +60,10 @@ _HW_DEFAULTS = HardwareConfig.__dataclass_fields__
 
 
 def _build_system(name: str, batch: int, seed: int):
-    if name == "rotor":
-        # b = 5: eps_crit = 2a / (a^2 + b^2) = 0.077 < 0.1, so Euler at the usual eps 0.1 cycles.
-        force = systems.SaturatingRotor(a=1.0, b=5.0, batch=batch)
-    elif name == "hopf":
-        force = systems.HopfOscillator(batch=batch)
-    elif name == "contractive":
-        force = systems.ContractiveTanh(batch=batch, seed=seed)
-    elif name == "stiff":
-        force = systems.StiffLinear(batch=batch, seed=seed)
-    else:  # argparse restricts choices; this guards programmatic use
-        raise ValueError(f"unknown system {name!r}; choose one of {sorted(systems.SYSTEMS)}")
-    return force, force.initial_state()
+    # One builder for every subcommand (rotor: a = 1, b = 5, so eps_crit = 1/13 < 0.1).
+    from ._fidelity_cli import build_system
+
+    return build_system(name, batch, seed)
 
 
 def _parse_methods(text: str) -> list[str]:

@@ -10,6 +10,8 @@ sees exactly the data order of an uninterrupted one (no data-loader state to che
   set's mean and std), 10 classes, classified from the settled state (mean over tokens of the
   per-token logits, non-causal attention). Fixed split: a seeded permutation (numpy
   RandomState(0), stable across numpy versions) puts 1437 images in train and 360 in test.
+  Optional augmentation of the training batches (`batch(..., augment=True)`): each image shifted
+  by a random -1..1 pixels in x and y, blank paper filling in.
 * `text`: a character language model on the English documentation that ships with CPython
   (`pydoc_data.topics`, ~465k characters, the topics concatenated in sorted key order), mapped to
   96 symbols (printable ASCII and newline; typographic quotes and dashes folded to ASCII, anything
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Task", "TASKS", "get_task", "digits", "text", "synthetic", "TEXT_ALPHABET"]
+__all__ = ["Task", "TASKS", "get_task", "digits", "text", "synthetic", "TEXT_ALPHABET",
+           "shift_images"]
 
 TEXT_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
 """The 96 symbols of the `text` task: newline and printable ASCII (id = index here)."""
@@ -66,6 +69,8 @@ class Task:
             validation windows (n_eval, context) int64) are used.
         train_text: for "lm", the training characters as ids (n,) int64.
         info: provenance (sizes, normalisation, split) for logs and results files.
+        augmenter: None, or a map (inputs, generator) -> inputs of the same shape that
+            `batch(..., augment=True)` applies to training batches (digits: random shifts).
     """
 
     name: str
@@ -77,6 +82,7 @@ class Task:
     train_targets: Tensor | None = None
     train_text: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    augmenter: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     @property
     def context(self) -> int:
@@ -91,19 +97,23 @@ class Task:
         assert self.train_inputs is not None
         return int(self.train_inputs.shape[0])
 
-    def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    def batch(self, step: int, batch_size: int, seed: int = 0, *,
+              augment: bool = False) -> tuple[Tensor, Tensor]:
         """The training batch of `step` (>= 0): (inputs, targets), a pure function of its
         arguments.
 
         classify: epochs of a seeded permutation of the training set (epoch e uses the seed
         (seed, e)); batch `step` is the slice [step * batch_size, (step + 1) * batch_size) of the
         concatenated epochs. lm: `batch_size` windows at uniform random offsets drawn from a
-        generator seeded by (seed, step).
+        generator seeded by (seed, step). `augment`: apply the task's `augmenter` with a generator
+        seeded by (seed, step) (ValueError for a task without one).
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if augment and self.augmenter is None:
+            raise ValueError(f"augment=True: task {self.name!r} has no augmentation")
         if self.kind == "lm":
             assert self.train_text is not None
             T = self.context
@@ -121,7 +131,11 @@ class Task:
             lo, hi = max(first - epoch * n, 0), min(last - epoch * n, n)
             picks.append(perm[lo:hi])
         idx = torch.cat(picks)
-        return self.train_inputs[idx], self.train_targets[idx]
+        x = self.train_inputs[idx]
+        if augment:
+            assert self.augmenter is not None
+            x = self.augmenter(x, torch.Generator().manual_seed(_mix(seed, step, 4)))
+        return x, self.train_targets[idx]
 
     def eval_batches(self, split: str = "test", batch_size: int = 256,
                      limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -157,6 +171,22 @@ class Task:
 # digits
 
 
+def shift_images(images: Tensor, generator: torch.Generator, background: float,
+                 max_shift: int = 1) -> Tensor:
+    """Translate each image (N, H, W) by its own random whole-pixel offset (dy, dx), each
+    uniform in [-max_shift, max_shift]; uncovered pixels take the `background` value (the
+    digits' blank paper, 0 before standardisation). The classic augmentation for small digit
+    images: a shifted digit is the same digit."""
+    n, h, w = images.shape
+    k = max_shift
+    padded = torch.full((n, h + 2 * k, w + 2 * k), background, dtype=images.dtype)
+    padded[:, k:k + h, k:k + w] = images
+    offsets = torch.randint(0, 2 * k + 1, (n, 2), generator=generator)
+    rows = offsets[:, 0, None] + torch.arange(h)  # (n, h) source rows
+    cols = offsets[:, 1, None] + torch.arange(w)  # (n, w) source columns
+    return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 def digits(test_size: int = 360) -> Task:
     """8x8 digits as 8 tokens of 8 features; fixed split of `test_size` test images (module
     docstring)."""
@@ -174,6 +204,7 @@ def digits(test_size: int = 360) -> Task:
     norm = (images - mean) / std
     x = torch.tensor(norm, dtype=torch.float32)
     y = torch.tensor(labels)
+    background = (0.0 - mean) / std
     return Task(
         name="digits",
         kind="classify",
@@ -183,7 +214,9 @@ def digits(test_size: int = 360) -> Task:
         test_inputs=x[test_idx], test_targets=y[test_idx],
         info=dict(source="sklearn.datasets.load_digits", n_train=len(train_idx),
                   n_test=len(test_idx), tokens="8 rows x 8 pixels", pixel_mean=mean,
-                  pixel_std=std, split="numpy RandomState(0) permutation, first test_size test"),
+                  pixel_std=std, split="numpy RandomState(0) permutation, first test_size test",
+                  augment="random shift of each image by -1..1 pixels in x and y"),
+        augmenter=functools.partial(shift_images, background=background),
     )
 
 

@@ -144,6 +144,8 @@ class TrainConfig:
         name: run name; the run directory is `out` or runs/<name>.
         out: run directory (str) or None.
         steps: training steps (>= 0). batch_size (>= 1). seed: model init, data order, chip.
+        augment: augment the training batches with the task's augmenter (digits: random shifts
+            by -1..1 pixels; `Task.batch`); ValueError for a task without one.
         resume: continue from <run dir>/checkpoint.pt if it exists (else start fresh).
         overwrite: allow starting fresh over an existing checkpoint (else FileExistsError).
         eval_every, checkpoint_every: steps between evaluations / checkpoints (>= 1).
@@ -235,6 +237,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     seed: int = 0
+    augment: bool = False
     resume: bool = False
     overwrite: bool = False
     eval_every: int = 250
@@ -311,7 +314,7 @@ class TrainConfig:
         _check("batch_size", self.batch_size, int, low=1)
         _check("seed", self.seed, int, low=0)
         for n in ("resume", "overwrite", "progress", "plots", "drift_aware", "drift_compensation",
-                  "adaptive"):
+                  "adaptive", "augment"):
             _check(n, getattr(self, n), bool)
         for n in ("eval_every", "checkpoint_every", "d_model", "n_heads", "ffn_mult",
                   "points", "free_max_steps", "bptt_steps", "bl"):
@@ -520,6 +523,8 @@ class Trainer:
             task = get_task(config.task)
         elif task.name != config.task:
             raise ValueError(f"task {task.name!r} does not match config.task {config.task!r}")
+        if config.augment and task.augmenter is None:
+            raise ValueError(f"augment=True: task {task.name!r} has no augmentation")
         self.task = task
         self.run_dir = config.run_dir
         self.model_config = model_config_for(config, task)
@@ -631,7 +636,8 @@ class Trainer:
         self.last_loss = float(data.get("last_loss", math.nan))
 
     def _check_resumable(self, data: dict[str, Any]) -> None:
-        old = data["config"]
+        # a field added after the checkpoint was written counts as its default there
+        old = {**TrainConfig().to_dict(), **data["config"]}
         new = self.config.to_dict()
         diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
         if diff:
@@ -697,7 +703,7 @@ class Trainer:
         returns a record with "guard" set (the caller rolls back)."""
         cfg = self.config
         t0 = time.perf_counter()
-        x, y = self.task.batch(self.step, cfg.batch_size, cfg.seed)
+        x, y = self.task.batch(self.step, cfg.batch_size, cfg.seed, augment=cfg.augment)
         hw = self._inject_noise()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)

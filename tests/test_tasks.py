@@ -86,3 +86,37 @@ def test_bad_arguments_name_themselves():
         synthetic().batch(0, 0)
     with pytest.raises(ValueError, match="split"):
         next(text(context=8, n_eval=2).eval_batches("train"))
+
+
+def test_shift_augmentation_is_a_whole_pixel_shift_with_blank_fill():
+    from analogeq.tasks import shift_images
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(200, 8, 8) + 1.0  # no pixel equals the background
+    out = shift_images(images, gen, background=-3.0)
+    seen = set()
+    for img, got in zip(images.numpy(), out.numpy(), strict=True):
+        matches = []
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                ref = np.full((10, 10), -3.0, dtype=np.float32)
+                ref[1:9, 1:9] = img
+                # output pixel (i, j) reads padded (i + 1 + dy, j + 1 + dx)
+                if np.array_equal(ref[1 + dy:9 + dy, 1 + dx:9 + dx], got):
+                    matches.append((dy, dx))
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == 9  # every offset in -1..1 x -1..1 occurs
+
+
+def test_augmented_batches_are_reproducible_and_keep_labels():
+    task = digits()
+    x0, y0 = task.batch(3, 32, 1)
+    xa, ya = task.batch(3, 32, 1, augment=True)
+    xb, _ = task.batch(3, 32, 1, augment=True)
+    assert torch.equal(y0, ya) and torch.equal(xa, xb)
+    assert not torch.equal(x0, xa)
+    background = (0.0 - task.info["pixel_mean"]) / task.info["pixel_std"]
+    assert torch.isclose(xa.min(), torch.tensor(background, dtype=xa.dtype), atol=1e-6)
+    with pytest.raises(ValueError, match="augment"):
+        synthetic().batch(0, 4, augment=True)

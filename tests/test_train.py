@@ -307,3 +307,15 @@ def test_spectral_projection_brings_the_measured_radius_to_the_target(tmp_path):
     again = tr._spectral_projection(x, z)  # at (about) the target: at most a tiny further scale
     assert again["spectral_scale"] > 0.9
     assert torch.allclose(w * again["spectral_scale"], tr.model.get_submodule("attn.o").weight)
+
+
+def test_augment_needs_a_task_with_an_augmenter_and_old_checkpoints_still_resume(tmp_path):
+    with pytest.raises(ValueError, match="augment"):
+        Trainer(cfg(tmp_path, "aug", steps=1, augment=True))
+    # a checkpoint written before a config field existed resumes (the field counts as default)
+    tr = Trainer(cfg(tmp_path, "old", steps=2))
+    tr.run()
+    data = torch.load(tr.checkpoint_path, weights_only=False)
+    del data["config"]["augment"]
+    torch.save(data, tr.checkpoint_path)
+    assert Trainer(cfg(tmp_path, "old", steps=3, resume=True)).run().step == 3

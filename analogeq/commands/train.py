@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start over even if the run directory has a checkpoint")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--augment", action="store_true",
+                   help="augment training batches (digits: random shifts by -1..1 pixels)")
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=int, default=d.d_model)
     g.add_argument("--heads", type=int, default=d.n_heads)
@@ -71,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=int, default=d.warmup_steps, help="warm-up steps")
     g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
     g.add_argument("--clip", type=float, default=d.clip, help="global gradient-norm clip")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--updates", default=d.updates, choices=UPDATES,
                    help="optimiser on the weights, or per-device pulses (needs --device)")
     g.add_argument("--free-max-steps", type=int, default=d.free_max_steps)
@@ -128,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(
         task=args.task, rule=args.rule, steps=args.steps, batch_size=args.batch_size, name=name,
         out=args.out, resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+        augment=args.augment, weight_decay=args.weight_decay,
         d_model=args.d_model, n_heads=args.heads, ffn_mult=args.ffn_mult,
         init_scale=args.init_scale, embed_scale=args.embed_scale, norm_eps=args.norm_eps,
         dtype=args.dtype, spectral_target=args.spectral_target,

@@ -146,6 +146,10 @@ class TrainConfig:
         steps: training steps (>= 0). batch_size (>= 1). seed: model init, data order, chip.
         augment: augment the training batches with the task's augmenter (digits: random shifts
             by -1..1 pixels; `Task.batch`); ValueError for a task without one.
+        init_from: None, or a checkpoint (training checkpoint.pt, best.pt or a model file) whose
+            nominal weights start a fresh run (fine-tuning, e.g. hardware-aware fine-tuning of a
+            digitally trained model); its model config must match the run's (dtype may differ).
+            A resumed run continues from its own checkpoint.
         resume: continue from <run dir>/checkpoint.pt if it exists (else start fresh).
         overwrite: allow starting fresh over an existing checkpoint (else FileExistsError).
         eval_every, checkpoint_every: steps between evaluations / checkpoints (>= 1).
@@ -238,6 +242,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     augment: bool = False
+    init_from: str | None = None
     resume: bool = False
     overwrite: bool = False
     eval_every: int = 250
@@ -310,6 +315,7 @@ class TrainConfig:
             if not getattr(self, n) or "/" in getattr(self, n):
                 raise ValueError(f"{n} must be a non-empty name without '/', got {self.name!r}")
         _check("out", self.out, str, none_ok=True)
+        _check("init_from", self.init_from, str, none_ok=True)
         _check("steps", self.steps, int, low=0)
         _check("batch_size", self.batch_size, int, low=1)
         _check("seed", self.seed, int, low=0)
@@ -894,8 +900,33 @@ class Trainer:
             p.unlink(missing_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.log = JsonlLog(self.log_path)
+        if cfg.init_from is not None:
+            self._load_initial_weights(cfg.init_from)
+            self.log.write({"kind": "event", "what": "init_from", "step": 0,
+                            "path": cfg.init_from})
         self._project()
         self.save()  # step 0: the first rollback target
+
+    def _load_initial_weights(self, path: str) -> None:
+        """Start from the nominal weights of the checkpoint at `path` (`init_from`)."""
+        data = read_checkpoint(path)
+        theirs = {k: v for k, v in data["model_config"].items() if k != "dtype"}
+        ours = {k: v for k, v in self.model_config.to_dict().items() if k != "dtype"}
+        if theirs != ours:
+            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise ValueError(f"init_from {path}: its model config differs from the run's in "
+                             f"{diff}")
+        nominal = data["nominal"]
+        own = dict(self.model.named_parameters())
+        if set(nominal) != set(own):
+            raise ValueError(f"init_from {path}: parameters differ (missing "
+                             f"{sorted(set(own) - set(nominal))}, unexpected "
+                             f"{sorted(set(nominal) - set(own))})")
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(nominal[name].to(dtype=p.dtype, device=p.device))
+        if self.hardware is not None:
+            self.model.program()  # the chip holds the new weights (also for device updates)
 
     def _rollback(self, record: dict[str, Any]) -> bool:
         """Restore the last checkpoint, lower the LR; False when the budget of rollbacks is

@@ -319,3 +319,24 @@ def test_augment_needs_a_task_with_an_augmenter_and_old_checkpoints_still_resume
     del data["config"]["augment"]
     torch.save(data, tr.checkpoint_path)
     assert Trainer(cfg(tmp_path, "old", steps=3, resume=True)).run().step == 3
+
+
+def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(tmp_path):
+    first = Trainer(cfg(tmp_path, "a", steps=3))
+    first.run()
+    trained = params(first.model)
+    tuned = Trainer(cfg(tmp_path, "b", steps=0, init_from=str(first.best_path), seed=5))
+    tuned.run()
+    got = params(tuned.model)
+    best = torch.load(first.best_path, weights_only=False)["nominal"]
+    assert all(torch.equal(got[k], best[k]) for k in got)
+    assert not all(torch.equal(got[k], params(Trainer(cfg(tmp_path, "c", steps=0,
+                                                                 seed=5)).model)[k])
+                   for k in got)
+    assert set(trained) == set(got)
+    # on hardware the nominal weights (which the chip is programmed from) are the loaded ones
+    hw = Trainer(cfg(tmp_path, "d", steps=0, init_from=str(first.best_path), device="pcm"))
+    hw.run()
+    assert all(torch.equal(params(hw.model)[k], best[k]) for k in best)
+    with pytest.raises(ValueError, match="d_model"):
+        Trainer(cfg(tmp_path, "e", steps=0, d_model=8, init_from=str(first.best_path))).run()

@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start over even if the run directory has a checkpoint")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tuning; same model config)")
     p.add_argument("--augment", action="store_true",
                    help="augment training batches (digits: random shifts by -1..1 pixels)")
     g = p.add_argument_group("model")
@@ -131,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(
         task=args.task, rule=args.rule, steps=args.steps, batch_size=args.batch_size, name=name,
         out=args.out, resume=args.resume, overwrite=args.overwrite, seed=args.seed,
-        augment=args.augment, weight_decay=args.weight_decay,
+        augment=args.augment, weight_decay=args.weight_decay, init_from=args.init_from,
         d_model=args.d_model, n_heads=args.heads, ffn_mult=args.ffn_mult,
         init_scale=args.init_scale, embed_scale=args.embed_scale, norm_eps=args.norm_eps,
         dtype=args.dtype, spectral_target=args.spectral_target,

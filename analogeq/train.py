@@ -51,6 +51,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "digits.pt"
 
 # fields that may differ between a run and its resumption
 _RESUMABLE_CHANGES = {"steps", "resume", "progress", "plots", "overwrite", "eval_every",
-                      "checkpoint_every", "out", "name"}
+                      "checkpoint_every", "out", "name", "time_budget"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,10 +155,15 @@ class TrainConfig:
         overwrite: allow starting fresh over an existing checkpoint (else FileExistsError).
         eval_every, checkpoint_every: steps between evaluations / checkpoints (>= 1).
         eval_limit: evaluation samples (None: the whole test split).
+        time_budget: None, or seconds of training wall time (> 0; steps, evaluations and
+            checkpoints, summed over resumes) after which the run stops at the end of a step
+            with status "time budget" (for comparisons at equal wall budget; the schedule still
+            runs over `steps`, so give `steps` the count the budget is expected to allow).
         progress: tqdm progress bar. plots: write training.png at the end.
 
     Model (`ModelConfig`; the task fixes input/output shapes):
-        d_model, n_heads, ffn_mult, c, init_scale, embed_scale, norm_eps.
+        d_model, n_heads, ffn_mult, c, init_scale, embed_scale, norm_eps, attn_gain (the
+            attention logit gain, `ModelConfig.attn_gain`).
         dtype: "float32" (default) or "float64". float64 costs little on this small block (the
             steps are overhead-bound) and lets beta be small (~1): with float32 the nudge must
             stay far above the rounding floor (beta ~40), where the nudged phases are nonlinear
@@ -248,6 +254,7 @@ class TrainConfig:
     eval_every: int = 250
     checkpoint_every: int = 100
     eval_limit: int | None = None
+    time_budget: float | None = None
     progress: bool = True
     plots: bool = True
     # model
@@ -258,6 +265,7 @@ class TrainConfig:
     init_scale: float = 0.5
     embed_scale: float = 1.0
     norm_eps: float = 1e-5
+    attn_gain: float = 1.0
     dtype: str = "float32"
     lipschitz_target: float | None = None
     spectral_target: float | None = None
@@ -342,8 +350,10 @@ class TrainConfig:
                   "residual_penalty"):
             _check(n, getattr(self, n), (int, float), low=0.0)
         for n in ("init_scale", "embed_scale", "beta", "gate_residual", "bptt_eps", "lr",
-                  "guard_residual", "norm_eps"):
+                  "guard_residual", "norm_eps", "attn_gain"):
             _check(n, getattr(self, n), (int, float), low=0.0, strict_low=True)
+        _check("time_budget", self.time_budget, (int, float), low=0.0, strict_low=True,
+               none_ok=True)
         _check("free_tol", self.free_tol, (int, float), low=0.0, strict_low=True, none_ok=True)
         _check("lipschitz_target", self.lipschitz_target, (int, float), low=0.0, strict_low=True,
                high=1.0 + float(self.c) - 1e-9, none_ok=True)
@@ -401,7 +411,8 @@ def model_config_for(config: TrainConfig, task: Task) -> ModelConfig:
     return ModelConfig(
         d_model=config.d_model, n_heads=config.n_heads, ffn_mult=config.ffn_mult, c=config.c,
         init_scale=config.init_scale, embed_scale=config.embed_scale,
-        norm_eps=float(config.norm_eps), dtype=config.dtype, lipschitz_target=(
+        attn_gain=float(config.attn_gain), norm_eps=float(config.norm_eps), dtype=config.dtype,
+        lipschitz_target=(
             None if config.lipschitz_target is None else float(config.lipschitz_target)),
         **task.model_fields,
     )
@@ -492,7 +503,8 @@ def _max(t: Tensor | None) -> float:
 
 @dataclass
 class TrainResult:
-    """What a run ended with: status ("completed" | "diverged"), steps done, the last and best
+    """What a run ended with: status ("completed" | "diverged" | "stopped" (by the `run`
+    callback) | "time budget"), steps done, the last and best
     evaluation, counts of rollbacks and skipped updates, wall seconds, the run directory."""
 
     status: str
@@ -953,8 +965,17 @@ class Trainer:
                         "lr_scale": self.lr_scale, "rollbacks": self.rollbacks})
         return True
 
-    def run(self) -> TrainResult:
-        """Train to `config.steps` (resuming when asked); returns the `TrainResult`."""
+    def run(self, callback: Callable[[Trainer, dict[str, Any]], bool | None] | None = None
+            ) -> TrainResult:
+        """Train to `config.steps` (resuming when asked); returns the `TrainResult`.
+
+        `callback(trainer, record)` is called after every logged step (not after a guard
+        trip, which rolls back), with the step's log record (after the evaluation and the
+        checkpoint of that step, if any); returning False stops the run (status "stopped"). Use
+        it to probe the model between steps (e.g. Jacobian eigenvalues) or to stop early.
+        """
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
         cfg = self.config
         self._start()
         assert self.log is not None
@@ -989,6 +1010,12 @@ class Trainer:
                     self._eval_and_record()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
+                if callback is not None and callback(self, record) is False:
+                    status = "stopped"
+                    break
+                if cfg.time_budget is not None and self.elapsed >= cfg.time_budget:
+                    status = "time budget"
+                    break
         finally:
             if bar is not None:
                 bar.close()

@@ -24,7 +24,8 @@ Every `--probe-every` steps both runs are probed on a fixed batch of training sa
 
 The training itself is the trainer's (`analogeq.train.Trainer.train_step`: free phase, rule's
 gradient, regularisers with their controller, guard, gate, clipped Adam); this script only drives
-the loop so that it can probe between steps (the trainer has no per-step callback). A guard trip
+the loop (rather than `Trainer.run(callback)`) because a guard trip must end the run where
+`run` would roll back and go on. A guard trip
 (free residual above `guard_residual`, or a non-finite loss) ends a run: that is the wall as the
 trainer sees it.
 
@@ -153,20 +154,8 @@ def probe(model: Any, inputs: torch.Tensor, *, k: int = 6, eps: float = 0.1,
 # one training run, probed between steps
 
 
-def set_attn_gain(model: Any, gain: float) -> None:
-    """Set the attention logit gain of a built model (`ModelConfig.attn_gain`, which
-    `TrainConfig` does not expose): logits (q . k) * gain / sqrt(head size). The model's
-    `config` is updated too, so that checkpoints record it."""
-    import dataclasses
-
-    if not (isinstance(gain, int | float) and math.isfinite(gain) and gain > 0):
-        raise ValueError(f"attn_gain must be a finite number > 0, got {gain!r}")
-    model.attn.scale = float(gain) / math.sqrt(model.attn.head_dim)
-    model.config = dataclasses.replace(model.config, attn_gain=float(gain))
-
-
 def run_one(label: str, config: TrainConfig, probe_inputs: torch.Tensor, *, every: int,
-            probe_options: dict[str, Any], attn_gain: float = 1.0,
+            probe_options: dict[str, Any],
             stop_after_wall: int | None = None,
             max_minutes: float | None = None, log: Any = None,
             echo: bool = True) -> dict[str, Any]:
@@ -184,9 +173,6 @@ def run_one(label: str, config: TrainConfig, probe_inputs: torch.Tensor, *, ever
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an integer >= 1, got {every!r}")
     trainer = Trainer(config)
-    set_attn_gain(trainer.model, attn_gain)
-    if trainer.eval_model is not trainer.model:
-        set_attn_gain(trainer.eval_model, attn_gain)
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     (trainer.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     t0 = time.perf_counter()
@@ -353,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--init-scale", type=float, default=1.0)
     p.add_argument("--attn-gain", type=float, default=3.0,
-                   help="attention logit gain (ModelConfig.attn_gain; default %(default)s)")
+                   help="attention logit gain (TrainConfig.attn_gain; default %(default)s)")
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--free-max-steps", type=int, default=200)
     p.add_argument("--bptt-steps", type=int, default=10, help="BPTT unroll (Euler steps)")
@@ -388,7 +374,7 @@ def _config(args: argparse.Namespace, label: str, out: Path) -> TrainConfig:
         bptt_eps=args.bptt_eps, gate_residual=args.gate_residual,
         guard_residual=args.guard_residual,
         jacobian_penalty=args.adaptive_weight if adaptive else args.frozen_weight,
-        adaptive=adaptive,
+        adaptive=adaptive, attn_gain=args.attn_gain,
     )
 
 
@@ -419,11 +405,11 @@ def main(argv: list[str] | None = None) -> int:
             trainer_task = Trainer(config).task  # the probe batch: fixed training samples
             probe_inputs, _ = trainer_task.batch(10**6, args.probe_samples, args.seed + 1)
             run = run_one(label, config, probe_inputs, every=args.probe_every,
-                          probe_options=probe_options, attn_gain=args.attn_gain,
+                          probe_options=probe_options,
                           stop_after_wall=None if args.stop_after_wall < 0
                           else args.stop_after_wall,
                           max_minutes=args.max_minutes, log=log, echo=not args.quiet)
-            run["config"] = {**config.to_dict(), "attn_gain": args.attn_gain}
+            run["config"] = config.to_dict()
             result["runs"].append(run)
     result["wall"] = time.perf_counter() - t0
     (out / "hopf_wall.json").write_text(json.dumps(result, indent=1, default=str))

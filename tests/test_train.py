@@ -340,3 +340,41 @@ def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(tmp_path):
     assert all(torch.equal(params(hw.model)[k], best[k]) for k in best)
     with pytest.raises(ValueError, match="d_model"):
         Trainer(cfg(tmp_path, "e", steps=0, d_model=8, init_from=str(first.best_path))).run()
+
+
+def test_run_callback_sees_every_step_and_can_stop_the_run(tmp_path):
+    seen = []
+
+    def probe(trainer, record):
+        seen.append((trainer.step, record["step"]))
+        return record["step"] < 4  # stop after the step-4 record
+
+    result = Trainer(cfg(tmp_path, steps=10)).run(callback=probe)
+    assert result.status == "stopped" and result.step == 5
+    assert seen == [(s + 1, s) for s in range(5)]
+    with pytest.raises(TypeError, match="callback"):
+        Trainer(cfg(tmp_path, "x", steps=1)).run(callback=3)
+
+
+def test_time_budget_stops_the_run_at_the_first_step_past_it(tmp_path, monkeypatch):
+    import types
+
+    import analogeq.train as train_module
+
+    clock = iter(float(i) for i in range(10**6))  # the trainer's clock: 1 s per reading
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: next(
+        clock)))
+    result = Trainer(cfg(tmp_path, steps=1000, time_budget=20.0)).run()
+    assert result.status == "time budget" and result.step < 1000
+    walls = [r["wall"] for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"]
+    assert len(walls) == result.step
+    assert walls[-1] >= 20.0 > walls[-2]  # stopped right after the step that crossed it
+    with pytest.raises(ValueError, match="time_budget"):
+        TrainConfig(time_budget=0.0)
+
+
+def test_attn_gain_is_a_model_field_of_the_run():
+    tr = Trainer(TrainConfig(**{**SMALL, "attn_gain": 3.0}))
+    assert tr.model.config.attn_gain == 3.0
+    with pytest.raises(ValueError, match="attn_gain"):
+        TrainConfig(attn_gain=-1.0)

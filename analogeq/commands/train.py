@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start over even if the run directory has a checkpoint")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop after this much training wall time (default: no limit)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning; same model config)")
     p.add_argument("--augment", action="store_true",
@@ -54,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--ffn-mult", type=int, default=d.ffn_mult)
     g.add_argument("--init-scale", type=float, default=d.init_scale)
     g.add_argument("--embed-scale", type=float, default=d.embed_scale)
+    g.add_argument("--attn-gain", type=float, default=d.attn_gain,
+                   help=f"attention logit gain ({d.attn_gain:g})")
     g.add_argument("--norm-eps", type=float, default=d.norm_eps,
                    help=f"LayerNorm / RMSNorm epsilon ({d.norm_eps:g}; ~1 with --lipschitz-target)")
     g.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"),
@@ -134,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         task=args.task, rule=args.rule, steps=args.steps, batch_size=args.batch_size, name=name,
         out=args.out, resume=args.resume, overwrite=args.overwrite, seed=args.seed,
         augment=args.augment, weight_decay=args.weight_decay, init_from=args.init_from,
+        attn_gain=args.attn_gain, time_budget=args.time_budget,
         d_model=args.d_model, n_heads=args.heads, ffn_mult=args.ffn_mult,
         init_scale=args.init_scale, embed_scale=args.embed_scale, norm_eps=args.norm_eps,
         dtype=args.dtype, spectral_target=args.spectral_target,
@@ -169,4 +174,4 @@ def run(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         raise SystemExit(f"analogeq train: {exc}") from None
     print(json.dumps(result.to_dict(), indent=2, default=str))
-    return 0 if result.status == "completed" else 1
+    return 0 if result.status in ("completed", "time budget") else 1

@@ -75,16 +75,21 @@ Safeguards, per sample, without host syncs:
   first climb (measured on the gain-3 block of benchmarks/operators.py: the best Anderson point of
   one sample sat at residual 4e-3, and the flow out of it rose to 1.4e-2 before it fell to a stable
   root; that sample has at least two stable roots, 76 % apart, and Anderson and IMEX from z0 = 0
-  end at different ones). A settling sample progresses while its residual drops
-  10 % below its peak since the last drop; `_SETTLE_WINDOWS` windows without that, or a residual
-  10x the one it started settling from (a runaway: no root ahead, e.g. a finite-time blow-up), end
-  it STALLED at its best point. An oscillating settling flow keeps progressing, and the loop's
+  end at different ones). A settling sample progresses while its residual moves 10 % away from
+  its value at the last progress (down, or up: climbing out of a ghost is progress); after
+  `_SETTLE_WINDOWS` windows without that, or a residual
+  10x the larger of the one it started settling from and the one after its first iteration (a
+  runaway: no root ahead, e.g. a finite-time blow-up), end it STALLED at its best point. The second
+  reference matters for a deep ghost: a rounding-level change of the path once left that sample's
+  best point at 4.4e-4, and the flow out of it rose 30x before it fell to the root. An
+  oscillating settling flow keeps progressing, and the loop's
   cycle test judges its tail (LIMIT_CYCLE). STALLED is evidence; the ODE reference decides.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -203,13 +208,15 @@ class Anderson(Integrator):
     def init(self, force: CountedForce, z0: Tensor, f0: Tensor) -> StepState:
         """Empty history, best point z0. `StepState.eps` holds the resolved eps. Extra tensors:
 
-        `XR` (b, m, 2n): ring of iterates x and base Picard residuals r = h F(x) side by side
-        (one write and one mixing product for both); `gram` (b, m, m):
-        <r_i, r_j>; `valid` (b, m) bool; `count` (b,) iterations (ring slot = count % m); `scale`
-        (b,) gain scale s; `least_fn` (b,) smallest ||F|| since the last reset; `best_z`,
-        `best_f` like z0; `best_res` (b,) force residual of the best point; `stall_ref`,
-        `stall_fn` (b,) the two at the last 10 % drop; `since` (b,) iterations since then;
-        `relax` (b,) relaxation iterations left; `restarts` (b,).
+        `YR` (b, m, 2n): ring of candidate points y = x + beta s r and base Picard residuals
+        r = h F(x) side by side (the mixing reads the y half, the Gram update the r half);
+        `gram` (b, m, m): <r_i, r_j>; `valid` (b, m) bool; `count` (b,) iterations (ring slot =
+        count % m); `scale` (b,) gain scale s; `least_fn` (b,) smallest ||F|| since the last
+        reset; `best_z`, `best_f` like z0; `best_res` (b,) force residual of the best point;
+        `stall_ref`,
+        `stall_fn` (b,) the two at the last progress; `since` (b,) iterations since then;
+        `relax` (b,) relaxation iterations left; `settling` (b,) bool; `settle_from` (b,) the
+        runaway reference; `entry_res` (b,) residual after the first iteration; `restarts` (b,).
         """
         self._check_gain(force)
         b, n = z0.shape[0], z0[0].numel()
@@ -219,7 +226,7 @@ class Anderson(Integrator):
         res0 = force_residual(z0, f0)
         fn0 = torch.linalg.vector_norm(f0.reshape(b, -1), dim=-1)
         extra = dict(
-            XR=torch.zeros(b, m, 2 * n, dtype=z0.dtype, device=dev),
+            YR=torch.zeros(b, m, 2 * n, dtype=z0.dtype, device=dev),
             gram=torch.zeros(b, m, m, dtype=z0.dtype, device=dev),
             valid=torch.zeros(b, m, dtype=torch.bool, device=dev),
             count=torch.zeros(b, dtype=torch.long, device=dev),
@@ -234,6 +241,7 @@ class Anderson(Integrator):
             relax=torch.zeros(b, dtype=torch.long, device=dev),
             settling=torch.zeros(b, dtype=torch.bool, device=dev),
             settle_from=res0,
+            entry_res=res0,
             restarts=torch.zeros(b, dtype=torch.long, device=dev),
         )
         return StepState.start(z0, f0, self.resolved_eps(force), **extra)
@@ -242,17 +250,24 @@ class Anderson(Integrator):
         z, f, ex = state.z, state.f, state.extra
         b, m = z.shape[0], ex["valid"].shape[1]
         n = z[0].numel()
-        bcast = (b,) + (1,) * (z.ndim - 1)
+        dev = z.device
         x = z.reshape(b, -1)
         r = (self._gain(force, z) * f).reshape(b, -1)
+        # The candidate point y_k = x_k + beta s r_k goes into the ring, not x_k: the mixing then
+        # reads m rows instead of 2m. The gain beta s is the one of this iteration; every change of
+        # s (rejection, relaxation, settling) clears the history or takes a Picard step (weight 1
+        # on the newest pair), so mixing with the gain stored per pair equals mixing with today's.
+        gain = (self.damping * ex["scale"]).to(z.dtype).unsqueeze(-1)
+        y = torch.addcmul(x, gain, r)
 
-        # Write (x_k, r_k) into the ring slot (in place, see `_ring_write`) and refresh that row
-        # and column of the Gram matrix.
+        # Write (y_k, r_k) into the ring slot (in place, see `_ring_write`) and refresh that row
+        # and column of the Gram matrix. g_i = <r_i, r_k> as one (1, n) x (n, m) product per
+        # sample (the (m, n) x (n, 1) form takes a slow matrix-vector path on the CPU).
         slot = ex["count"] % m
-        here = slot.unsqueeze(1) == torch.arange(m, device=z.device)  # (b, m)
-        XR = _ring_write(ex["XR"], slot, x, r)
-        R = XR[:, :, n:]
-        g = torch.matmul(R.conj(), r.unsqueeze(-1)).squeeze(-1)  # g_i = <r_i, r_k>, (b, m)
+        here = slot.unsqueeze(1) == torch.arange(m, device=dev)  # (b, m)
+        YR = _ring_write(ex["YR"], slot, y, r)
+        Rt = YR[:, :, n:].transpose(1, 2)
+        g = torch.bmm(r.unsqueeze(1), Rt.conj() if r.is_complex() else Rt).squeeze(1)
         gram = torch.where(here.unsqueeze(1), g.unsqueeze(2), ex["gram"])  # column k
         gram = torch.where(here.unsqueeze(2), g.conj().unsqueeze(1), gram)  # row k
         valid = ex["valid"] | here
@@ -260,17 +275,15 @@ class Anderson(Integrator):
         alpha, cond = mixing_weights(gram, valid, self.regularization)
         settling = ex["settling"]
         relaxing = (ex["relax"] > 0) | settling
-        restart = ~relaxing & (~torch.isfinite(cond) | (cond > self.restart_cond))
+        # Restart above the threshold, and always on a failed solve (cond inf or NaN, also when
+        # restart_cond is inf).
+        restart = ~relaxing & ~(cond <= min(self.restart_cond, sys.float_info.max))
         picard = (restart | relaxing).unsqueeze(1)
         valid = torch.where(picard, here, valid)
         alpha = torch.where(picard, here.to(alpha.dtype), alpha).to(z.dtype)
 
-        # One product gives sum alpha_i x_i and sum alpha_i r_i. The gain scale enters here only:
-        # the weights are invariant to a common scaling of the r_i, so changing it never
-        # invalidates the history.
-        mixed = (alpha.unsqueeze(1) @ XR).squeeze(1)  # (b, 2n)
-        gain = (self.damping * ex["scale"]).to(z.dtype).unsqueeze(-1)
-        move = mixed[:, :n] - x + gain * mixed[:, n:]
+        # move = sum alpha_i y_i - x_k, capped at `_REACH` times the sample's scale.
+        move = torch.bmm(alpha.unsqueeze(1), YR[:, :, :n]).squeeze(1).sub_(x)
         length = torch.linalg.vector_norm(move, dim=-1)
         r2 = gram.diagonal(dim1=-2, dim2=-1).real.masked_fill(~valid, 0)  # ||r_i||^2
         reach = _REACH * (torch.linalg.vector_norm(x, dim=-1) + r2.amax(-1).sqrt())
@@ -278,11 +291,14 @@ class Anderson(Integrator):
         z_new = torch.addcmul(x, cut.unsqueeze(-1).to(z.dtype), move).reshape(z.shape)
         f_new = force(z_new)
 
-        dims = tuple(range(1, z.ndim))
-        zn = torch.linalg.vector_norm(z_new, dim=dims)
-        fn = torch.linalg.vector_norm(f_new, dim=dims)
+        # The new point and force next to the best ones, in one buffer: both norms in one pass,
+        # and the new best point and the returned state as one row gather at the end (cheaper
+        # than four masked selects over the state, and exact for non-finite rows too).
+        pool = torch.cat((z_new, f_new, ex["best_z"], ex["best_f"]))
+        norms = torch.linalg.vector_norm(pool[: 2 * b].reshape(2 * b, -1), dim=-1)
+        zn, fn = norms[:b], norms[b:]
         res = fn / zn.clamp_min(torch.finfo(zn.dtype).tiny)
-        finite = torch.isfinite(zn) & torch.isfinite(fn)
+        finite = torch.isfinite(norms).view(2, b).all(0)
         # While settling (following the flow for good) ||F|| may rise on the way to the root: only
         # a non-finite force is refused then.
         reject = ~finite | (~settling & (fn > _REJECT_GROWTH * ex["least_fn"]))
@@ -295,26 +311,23 @@ class Anderson(Integrator):
         least_fn = torch.where(reject & ~back, fn, least_fn)  # a kept point resets the reference
 
         better = ~back & (res < ex["best_res"])
-        keep = better.view(bcast)
-        best_z = torch.where(keep, z_new, ex["best_z"])
-        best_f = torch.where(keep, f_new, ex["best_f"])
         best_res = torch.where(better, res, ex["best_res"])
 
         # Progress is a 10 % drop of the best force residual or of the smallest ||F|| (the relative
         # residual alone can rise while a far-away iterate approaches the root).
-        # While settling, progress is judged on the flow's own path: a 10 % drop of the current
-        # residual below its peak since the last drop (leaving a ghost, the residual first rises;
-        # an oscillating flow keeps "progressing" and the loop's cycle test judges its tail).
-        now = torch.where(back, ex["stall_ref"], res)
-        peak = torch.where(settling, torch.maximum(ex["stall_ref"], now), ex["stall_ref"])
-        down_res = torch.where(settling, now, best_res) < _STALL_FACTOR * peak
+        # While settling, progress is judged on the flow's own path: its residual moved 10 % away
+        # from its value at the last progress, down or up (leaving a ghost, the residual first
+        # rises, measured up to 30x on block-g3; a runaway is caught below; an oscillating flow
+        # keeps "progressing" and the loop's cycle test judges its tail).
+        ref = ex["stall_ref"]
+        level = torch.where(settling, torch.where(back, ref, res), best_res)
+        moved = (level < _STALL_FACTOR * ref) | (settling & (_STALL_FACTOR * level > ref))
         down_fn = ~settling & (least_fn < _STALL_FACTOR * ex["stall_fn"])
-        stall_ref = torch.where(down_res, torch.where(settling, now, best_res), peak)
+        stall_ref = torch.where(moved, level, ref)
         stall_fn = torch.where(down_fn, least_fn, ex["stall_fn"])
-        since = torch.where(down_res | down_fn, 0, ex["since"] + 1)
+        since = torch.where(moved | down_fn, 0, ex["since"] + 1)
         # No progress for a whole Anderson window: relax (damped Picard steps, no extrapolation,
-        # half the gain) from the best point for a window, then accelerate again. Only a
-        # relaxation window without progress ends the sample STALLED.
+        # half the gain) from the best point for a window, then accelerate again.
         # A relaxation window without progress either: the sample settles, i.e. follows the damped
         # Picard flow from where it is for good (an Anderson best point far from any root, a
         # "ghost", can only be left that way); only `_SETTLE_WINDOWS` relaxation windows without
@@ -329,25 +342,41 @@ class Anderson(Integrator):
         relax = torch.where(enter, self.stall_patience, (ex["relax"] - 1).clamp_min(0))
         since = torch.where(enter | go_settle, 0, since)
         stall_ref = torch.where(go_settle, res, stall_ref)
-        settle_from = torch.where(go_settle, res, ex["settle_from"])
+        # The runaway reference: the residual settling starts from, or the sample's residual after
+        # its first iteration if larger. A flow climbing out of a ghost may rise far above the
+        # ghost's residual, but not above the residuals the sample has already come down from.
+        entry_res = torch.where(ex["count"] == 0, res, ex["entry_res"])
+        settle_from = torch.where(go_settle, torch.maximum(res, entry_res), ex["settle_from"])
         # Settling follows the undamped map again (the relaxation window's halved gain was a
-        # guess against overshoot; rejections keep their own cuts).
-        scale = torch.where(go_settle, (scale / _GAIN_SHRINK).clamp(max=1.0), scale)
+        # guess against overshoot; rejections keep their own cuts); entering a relaxation window
+        # halves it.
+        scale = scale * torch.where(
+            go_settle, (1.0 / _GAIN_SHRINK), torch.where(enter, _GAIN_SHRINK, 1.0)
+        )
+        scale = torch.where(go_settle, scale.clamp(max=1.0), scale)
         settling = settling | go_settle
-        scale = torch.where(enter, scale * _GAIN_SHRINK, scale)
         valid = valid & ~(reject | enter).unsqueeze(1)
 
-        # The best point was not replaced by a rejected one, so it is the way home for both.
-        home = (back | enter | runaway).view(bcast)
+        # Rows of `pool` (z_new, f_new, best_z, best_f; b each): the new best point is the new one
+        # where it is better, and a sample sent home (rejected, relaxing, runaway) returns to its
+        # best point (the new one if it just became the best; a rejected one never does).
+        old = ~better
+        home = (back | enter | runaway) & old
+        ar = torch.arange(b, device=dev)
+        pick = torch.stack((old, old, home, home)).long() * (2 * b)  # (4, b)
+        pick += (torch.tensor([0, b, 0, b], device=dev).unsqueeze(1) + ar)
+        out = pool.index_select(0, pick.reshape(-1))
+        best_z, best_f, z_out, f_out = out.split(b)
         extra = dict(
-            XR=XR, gram=gram, valid=valid, count=ex["count"] + 1, scale=scale,
+            YR=YR, gram=gram, valid=valid, count=ex["count"] + 1, scale=scale,
             least_fn=least_fn, best_z=best_z, best_f=best_f, best_res=best_res,
             stall_ref=stall_ref, stall_fn=stall_fn, since=since, relax=relax,
-            settling=settling, settle_from=settle_from, restarts=ex["restarts"] + restart.long(),
+            settling=settling, settle_from=settle_from, entry_res=entry_res,
+            restarts=ex["restarts"] + restart.long(),
         )
         return state.replace(
-            z=torch.where(home, best_z, z_new),
-            f=torch.where(home, best_f, f_new),
+            z=z_out,
+            f=f_out,
             rejected=state.rejected + back.long(),
             stalled=state.stalled | stalled,
             extra=extra,
@@ -375,21 +404,21 @@ class Anderson(Integrator):
         }
 
 
-def _ring_write(ring: Tensor, slot: Tensor, x: Tensor, r: Tensor) -> Tensor:
-    """Write rows x and r (b, n) side by side into ring (b, m, 2n) at slot (b,), in place, and
+def _ring_write(ring: Tensor, slot: Tensor, y: Tensor, r: Tensor) -> Tensor:
+    """Write rows y and r (b, n) side by side into ring (b, m, 2n) at slot (b,), in place, and
     return the ring.
 
     In place because a copy of the whole history per iteration costs more than the mixing itself
-    (and, for large states on the CPU, fresh page-faulted memory); x and r go into the two halves
+    (and, for large states on the CPU, fresh page-faulted memory); y and r go into the two halves
     directly, without a concatenated (b, 2n) copy. It is safe with the settle loop: the loop hands
     `step` a state it owns (its compacted working set, or a fresh `take` copy) and only reads the
     returned state; the overwritten slot holds the pair about to leave the history, and a sample
     whose new state the loop refuses (DIVERGED) never steps again. A caller that reuses a state
-    after `step` must copy `extra["XR"]` first.
+    after `step` must copy `extra["YR"]` first.
     """
-    n = x.shape[1]
+    n = y.shape[1]
     rows = torch.arange(ring.shape[0], device=ring.device)
-    ring[:, :, :n].index_put_((rows, slot), x)
+    ring[:, :, :n].index_put_((rows, slot), y)
     ring[:, :, n:].index_put_((rows, slot), r)
     return ring
 

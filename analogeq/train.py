@@ -70,6 +70,7 @@ from ._train_checkpoint import (
 )
 from ._train_eval import evaluate
 from ._train_log import JsonlLog, plot_training
+from .integrators._result import worst_status
 from .learning import BPTT, AsymEP, GradientResult, HolomorphicEP, ImplicitAdjoint
 from .learning._common import default_tol
 from .model import EquilibriumTransformer, ModelConfig
@@ -203,6 +204,14 @@ class TrainConfig:
         nudged_method: integrator of the nudged phases ("imex" default, "anderson", "euler",
             "adaptive", ...; `analogeq.integrators.settle` names).
         gate_residual: residual gate: skip an estimate whose free residual exceeds it (> 0).
+        sample_gate: gate per sample instead of per batch (equilibrium rules): samples whose
+            free phase did not settle below `gate_residual`, or whose nudged phases did not
+            converge, are dropped from the estimate and the step learns from the others (the
+            mean over the kept samples; logged as "dropped"); the whole step is skipped only
+            when fewer than `min_kept` of the batch's samples remain. False: one failing sample
+            skips the whole batch.
+        min_kept: smallest fraction of the batch a per-sample-gated estimate may keep (in
+            (0, 1]).
         bptt_steps, bptt_eps: the BPTT unroll (explicit Euler, steps >= 1, eps > 0).
 
     Optimiser:
@@ -282,6 +291,8 @@ class TrainConfig:
     nudged_max_steps: int | None = None
     nudged_method: str = "imex"
     gate_residual: float = 1e-3
+    sample_gate: bool = True
+    min_kept: float = 0.5
     bptt_steps: int = 30
     bptt_eps: float = 0.3
     # optimiser
@@ -328,7 +339,7 @@ class TrainConfig:
         _check("batch_size", self.batch_size, int, low=1)
         _check("seed", self.seed, int, low=0)
         for n in ("resume", "overwrite", "progress", "plots", "drift_aware", "drift_compensation",
-                  "adaptive", "augment"):
+                  "adaptive", "augment", "sample_gate"):
             _check(n, getattr(self, n), bool)
         for n in ("eval_every", "checkpoint_every", "d_model", "n_heads", "ffn_mult",
                   "points", "free_max_steps", "bptt_steps", "bl"):
@@ -360,6 +371,7 @@ class TrainConfig:
         _check("clip", self.clip, (int, float), low=0.0, strict_low=True, none_ok=True)
         _check("nudged_rtol", self.nudged_rtol, (int, float), low=0.0, high=0.5, strict_low=True)
         _check("momentum", self.momentum, (int, float), low=0.0, high=0.999)
+        _check("min_kept", self.min_kept, (int, float), low=0.0, high=1.0, strict_low=True)
         _check("min_lr_ratio", self.min_lr_ratio, (int, float), low=0.0, high=1.0)
         _check("guard_lr_factor", self.guard_lr_factor, (int, float), low=0.0, high=0.99,
                strict_low=True)
@@ -493,6 +505,23 @@ def make_updater(config: TrainConfig) -> Any:
         ) from None
     mode = config.updates.removeprefix("device-")
     return DeviceUpdater(mode=mode, bl=config.bl, seed=_mix(config.seed, 13))
+
+
+def _select(free: integrators.SettleResult, index: Tensor) -> integrators.SettleResult:
+    """The samples `index` (1-D int64) of a settle result (per-sample fields sliced; the
+    trace, a batch summary, is kept as it is)."""
+    rows = index.tolist()
+
+    def pick(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[index.to(t.device)]
+
+    status = tuple(free.sample_status[i] for i in rows) if free.sample_status else ()
+    return dataclasses.replace(
+        free, z=free.z[index.to(free.z.device)], residual=pick(free.residual), t=pick(free.t),
+        status=worst_status(status) if status else free.status,
+        sample_status=status, nfe_per_sample=pick(free.nfe_per_sample),
+        steps_per_sample=pick(free.steps_per_sample),
+        cycles=tuple(free.cycles[i] for i in rows) if free.cycles else ())
 
 
 def _max(t: Tensor | None) -> float:
@@ -703,6 +732,42 @@ class Trainer:
                                        + more.steps, info={**more.info, "fallback": True})
         if self.config.rule == "bptt":
             return self.estimator.gradients(self.model, x, y), free
+        if not self.config.sample_gate:
+            return self._estimate_on(x, y, free), free
+        batch = x.shape[0]
+        least = self.config.min_kept * batch
+        idx = self._settled_samples(free).nonzero().squeeze(1)  # one host sync per step
+        if idx.numel() < least:  # too few settled: the estimate is gated (skipped) as a whole
+            return self._estimate_on(x, y, free), free
+        whole = idx.numel() == batch
+        result = (self._estimate_on(x, y, free) if whole
+                  else self._estimate_on(x[idx], y[idx], _select(free, idx)))
+        ok = result.info.get("valid_samples")
+        if not result.valid and ok is not None and bool(ok.any()) and not bool(ok.all()) \
+                and int(ok.sum()) >= least:
+            # their free phases settled but some nudged phases did not: learn from the others
+            first = result
+            idx = idx[ok.to(idx.device)]
+            result = self._estimate_on(x[idx], y[idx], _select(free, idx))
+            nfe = dict(first.info.get("nfe", {}))
+            nfe.update({f"subset {k}": v for k, v in result.info.get("nfe", {}).items()
+                        if k != "free"})
+            result = GradientResult(result.grads, {**result.info, "nfe": nfe, "retried": bool(
+                first.info.get("retried") or result.info.get("retried"))})
+        if idx.numel() < batch:
+            result.info["dropped"] = batch - idx.numel()
+        return result, free
+
+    def _settled_samples(self, free: Any) -> Tensor:
+        """(batch,) bool: samples whose free phase converged below the gate residual."""
+        status = free.sample_status or (free.status,) * free.z.shape[0]
+        converged = torch.tensor([st is integrators.Status.CONVERGED for st in status],
+                                 device=free.residual.device)
+        return converged & (free.residual <= self.config.gate_residual)
+
+    def _estimate_on(self, x: Tensor, y: Tensor, free: Any) -> GradientResult:
+        """The rule's estimate on (x, y) from the settled `free`, with the IMEX retry of failed
+        nudged phases (`free_fallback_steps`)."""
         result = self.estimator.gradients(self.model, x, y, free=free)
         if (not result.valid and self.retry_estimator is not None
                 and free.status is integrators.Status.CONVERGED
@@ -714,7 +779,7 @@ class Trainer:
             nfe.update({f"retry {k}": v for k, v in again.info.get("nfe", {}).items()
                         if k != "free"})
             result = GradientResult(again.grads, {**again.info, "nfe": nfe, "retried": True})
-        return result, free
+        return result
 
     def train_step(self) -> dict[str, Any]:
         """One step (module docstring); returns its log record (kind "step"). A guard trip
@@ -776,6 +841,8 @@ class Trainer:
             record["free_fallback"] = True
         if info.get("retried"):
             record["nudged_retry"] = True
+        if info.get("dropped"):
+            record["dropped"] = int(info["dropped"])  # samples the per-sample gate left out
         if reg_info:
             record["regularizers"] = reg_info
         if caught:

@@ -378,3 +378,68 @@ def test_attn_gain_is_a_model_field_of_the_run():
     assert tr.model.config.attn_gain == 3.0
     with pytest.raises(ValueError, match="attn_gain"):
         TrainConfig(attn_gain=-1.0)
+
+
+def _capture_update(tr, monkeypatch):
+    applied = []
+    original = Trainer._apply
+
+    def capture(self, grads, lr):
+        applied.append({k: v.clone() for k, v in grads.items()})
+        return original(self, grads, lr)
+
+    monkeypatch.setattr(Trainer, "_apply", capture)
+    return applied
+
+
+def _cos(a, b):
+    va = torch.cat([a[k].reshape(-1) for k in sorted(a)])
+    vb = torch.cat([b[k].reshape(-1) for k in sorted(a)])
+    return float(va @ vb / (va.norm() * vb.norm()))
+
+
+def test_per_sample_gate_learns_from_the_settled_samples_only(tmp_path, monkeypatch):
+    from analogeq.learning import ImplicitAdjoint
+
+    tr = Trainer(cfg(tmp_path, steps=1, dtype="float64", beta=0.01, free_tol=1e-10))
+    applied = _capture_update(tr, monkeypatch)
+    unsettled = torch.zeros(32, dtype=torch.bool)
+    unsettled[:10] = True  # pretend samples 0..9 did not settle
+    real = Trainer._settled_samples
+    monkeypatch.setattr(Trainer, "_settled_samples",
+                        lambda self, free: real(self, free) & ~unsettled)
+    x, y = tr.task.batch(0, 32, tr.config.seed)
+    exact = ImplicitAdjoint(tol=1e-10).gradients(tr.model, x[10:], y[10:]).grads
+    full = ImplicitAdjoint(tol=1e-10).gradients(tr.model, x, y).grads
+    tr.run()
+    record = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"][0]
+    assert record["updated"] and record["dropped"] == 10
+    assert _cos(applied[0], exact) > 0.999  # the exact gradient of the 22 kept samples
+    assert _cos(applied[0], full) < _cos(applied[0], exact)
+
+
+def test_per_sample_gate_drops_failed_nudged_phases_and_respects_min_kept(tmp_path, monkeypatch):
+    tr = Trainer(cfg(tmp_path, steps=2))
+    real = tr.estimator.gradients
+    sizes = []
+
+    def fail_some(model, x, y, **kw):
+        res = real(model, x, y, **kw)
+        sizes.append(x.shape[0])
+        if x.shape[0] == 32:  # the whole batch: samples 0..4 "fail" their nudged phase
+            ok = torch.ones(32, dtype=torch.bool)
+            ok[:5] = False
+            return GradientResult(res.grads, {**res.info, "valid": False, "reason": "test",
+                                              "valid_samples": ok})
+        return res
+
+    tr.estimator.gradients = fail_some
+    tr.run()
+    steps = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"]
+    assert sizes == [32, 27, 32, 27] and all(r["dropped"] == 5 and r["updated"] for r in steps)
+    # fewer than min_kept of the batch valid: the whole step is skipped, as without the gate
+    tr = Trainer(cfg(tmp_path, "few", steps=1, min_kept=0.9))
+    tr.estimator.gradients = fail_some
+    assert tr.run().skipped == 1
+    with pytest.raises(ValueError, match="min_kept"):
+        TrainConfig(min_kept=0.0)

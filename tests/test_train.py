@@ -307,6 +307,14 @@ def test_spectral_projection_brings_the_measured_radius_to_the_target(tmp_path):
     again = tr._spectral_projection(x, z)  # at (about) the target: at most a tiny further scale
     assert again["spectral_scale"] > 0.9
     assert torch.allclose(w * again["spectral_scale"], tr.model.get_submodule("attn.o").weight)
+    # with a floor the same large correction is cut to the floor
+    tr.config = tr.config.replace(spectral_min_scale=0.95)
+    with torch.no_grad():
+        tr.model.get_submodule("attn.o").weight.mul_(3.0)
+        tr.model.get_submodule("ffn.down").weight.mul_(3.0)
+    w = tr.model.get_submodule("ffn.down").weight.clone()
+    assert tr._spectral_projection(x, z)["spectral_scale"] == 0.95
+    assert torch.allclose(w * 0.95, tr.model.get_submodule("ffn.down").weight)
 
 
 def test_augment_needs_a_task_with_an_augmenter_and_old_checkpoints_still_resume(tmp_path):

@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="contraction by measurement: keep the power-iteration estimate of "
                         "rho(dN/dz) at the free state <= this times 1 + c (in (0, 1); default off)")
     g.add_argument("--spectral-every", type=int, default=d.spectral_every)
+    g.add_argument("--spectral-min-scale", type=float, default=d.spectral_min_scale,
+                   help="smallest factor of one spectral projection (0: the full correction)")
     g.add_argument("--lipschitz-target", type=float, default=d.lipschitz_target,
                    help="contraction by construction: keep the provable Lip(N) bound <= this "
                         "(< 1 + c; default off)")
@@ -142,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         d_model=args.d_model, n_heads=args.heads, ffn_mult=args.ffn_mult,
         init_scale=args.init_scale, embed_scale=args.embed_scale, norm_eps=args.norm_eps,
         dtype=args.dtype, spectral_target=args.spectral_target,
-        spectral_every=args.spectral_every,
+        spectral_every=args.spectral_every, spectral_min_scale=args.spectral_min_scale,
         lipschitz_target=args.lipschitz_target, beta=args.beta, free_tol=args.free_tol,
         free_fallback_steps=args.free_fallback_steps,
         nudged_rtol=args.nudged_rtol, nudged_method=args.nudged_method,

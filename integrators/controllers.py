@@ -133,6 +133,10 @@ def _log_force(f: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 # Overshoot
 # --------------------------------------------------------------------------------------------------
+# A rise whose rate per unit time, `_TEST_DELAY` steps after a shrink, is within `_SAME_RATE` of
+# the rate before it is the flow's own rise, not an overshoot (see `Overshoot.propose`).
+_SAME_RATE = 1.25
+_TEST_DELAY = 3
 @dataclass(frozen=True)
 class Overshoot(Controller):
     """Shrink eps only when the smoothed force residual rises past its own noise; grow otherwise.
@@ -141,12 +145,22 @@ class Overshoot(Controller):
     free because F(z_new) is needed for the next step anyway. Near a fixed point ||z|| ~ ||z*|| is
     constant, so this is the change of the force residual g = ||F|| / ||z||; ||F|| alone is used
     because in a blow-up ||z|| grows with F and g saturates at ~|mu|, hiding the growth. Per sample
-    it keeps
-        v_n = (1 - smoothing) v_{n-1} + smoothing dx_n              (smoothed growth rate per step)
-        s_n = (1 - smoothing) s_{n-1} + smoothing |dx_n - v_{n-1}|   (fluctuation about that rate)
-    and calls an overshoot when
-        v_n > log(rise) + noise * smoothing * s_{n-1}.
-    On overshoot: eps <- shrink * eps, the ceiling <- that new eps, and v <- 0 (the rate measured
+    it keeps the smoothed growth rate per unit time q and the fluctuation s of dx about it,
+        q_n = (1 - smoothing) q_{n-1} + smoothing dx_n / eps_n
+        s_n = (1 - smoothing) s_{n-1} + smoothing |dx_n - eps_n q_{n-1}|
+    and calls the residual *rising* when
+        eps_n q_n > log(rise) + noise * smoothing * s_{n-1}.
+    A rise is an overshoot unless a shrink has shown it to be the flow's own. Halving eps cures an
+    overshoot (its rate depends on eps: it turns into a decay near eps_crit, or changes by a large
+    factor further above), but leaves the rate per unit time of a genuine rise of the continuous
+    flow unchanged (a non-normal transient, a flow leaving a ghost: block-g3 of
+    benchmarks/operators.py, where shrinking on every rise parked eps at eps_min). So 3 steps after
+    a shrink the bias-corrected mean rate since it is compared with the rate of the step that
+    triggered it: within a factor 1.25 marks the rise genuine, and for the rest of that rise (while
+    the mean rate stays > 0) eps shrinks only if the rate climbs 1.25x above the lowest rate seen in
+    it (an overshoot on top, e.g. eps grown past eps_crit again). Otherwise, and for every first
+    rise, it is an overshoot.
+    On overshoot: eps <- shrink * eps, the ceiling <- that new eps, and q <- 0 (the rate measured
     under the old eps says nothing about the new one; without the reset the lagging average keeps
     shrinking for several steps after the instability is gone). Otherwise: the ceiling relaxes,
     ceiling <- relax * ceiling, and eps <- min(grow * eps, ceiling). Everything is clamped to
@@ -163,7 +177,7 @@ class Overshoot(Controller):
       residual's measured fluctuation s: a smooth residual (s ~ 0) is judged strictly (any sustained
       rise counts, so slow instabilities are caught), a noisy one (s large, e.g. at the float floor
       or under read noise) only by a rise well above its noise.
-    * Detrending: s measures |dx - v|, the deviation from the smoothed rate, not |dx|. A steady
+    * Detrending: s measures |dx - eps q|, the deviation from the smoothed rate, not |dx|. A steady
       geometric blow-up has dx ~ v, so s stays small and the blow-up is not mistaken for noise.
     * The ceiling: explicit Euler contracts a mode mu = -a + ib by |1 + eps mu| per step, best at
       eps_crit / 2 and not at all at eps_crit = 2a / |mu|^2. A controller that grows until it sees a
@@ -231,27 +245,65 @@ class Overshoot(Controller):
 
     def init(self, z: Tensor, f: Tensor) -> dict[str, Tensor]:
         zeros = torch.zeros(z.shape[0], dtype=_real_dtype(z), device=z.device)
-        return {"rate": zeros, "noise": zeros.clone(), "ceiling": zeros + self.eps_max}
+        return {
+            "rate": zeros,
+            "fill": zeros.clone(),
+            "noise": zeros.clone(),
+            "ceiling": zeros + self.eps_max,
+            "shrunk_at": zeros.clone(),
+            "age": zeros.clone(),
+            "genuine": torch.zeros(z.shape[0], dtype=torch.bool, device=z.device),
+        }
 
     def propose(self, trial: Trial, state: dict[str, Tensor]) -> Decision:
-        v, s, ceiling = state["rate"], state["noise"], state["ceiling"]
+        q, w, s = state["rate"], state["fill"], state["noise"]
+        ceiling, ref, age, genuine = (
+            state["ceiling"], state["shrunk_at"], state["age"], state["genuine"]
+        )
         dx = _log_force(trial.f_new) - _log_force(trial.f)
         # A non-finite candidate is the loop's to end (DIVERGED); count it as a rise meanwhile.
         dx = torch.nan_to_num(dx, nan=math.inf, posinf=math.inf)
-        a = self.smoothing
-        v_new = (1 - a) * v + a * dx
-        s_new = (1 - a) * s + a * (dx - v).abs()
-        over = v_new > math.log(self.rise) + self.noise * a * s
-        shrunk = (trial.eps * self.shrink).clamp(self.eps_min, self.eps_max)
+        a, eps = self.smoothing, trial.eps
+        # The smoothed rate is kept per unit time (dx / eps); `fill` is the EMA of 1 with the same
+        # weights since the last reset, so rate / fill is its bias-corrected mean.
+        q_new = (1 - a) * q + a * (dx / eps)
+        w_new = (1 - a) * w + a
+        mean = q_new / w_new
+        s_new = (1 - a) * s + a * (dx - q * eps).abs()
+        rising = q_new * eps > math.log(self.rise) + self.noise * a * s
+        # A shrink is also a test. It cures an overshoot, whose rate depends on eps (it turns
+        # into a decay near eps_crit, changes by a large factor further above), but it leaves the
+        # rate per unit time of a genuine rise of the continuous flow (e.g. leaving a ghost)
+        # unchanged. `_TEST_DELAY` steps after a shrink, a mean rate within `_SAME_RATE` of the
+        # rate of the step that triggered it marks the rise genuine: for the rest of that rise
+        # (until the mean rate drops to <= 0) eps shrinks only if the rate climbs `_SAME_RATE`
+        # above the lowest rate seen in it (an overshoot on top, e.g. eps past eps_crit again).
+        episode = ref > 0
+        tested = episode & (age >= _TEST_DELAY)
+        same = (mean < _SAME_RATE * ref) & (mean * _SAME_RATE > ref)
+        genuine = episode & (genuine | (tested & same))
+        over = rising & (~episode | (tested & ~genuine) | (genuine & (mean > _SAME_RATE * ref)))
+        shrunk = (eps * self.shrink).clamp(self.eps_min, self.eps_max)
         ceiling = torch.where(over, shrunk, (ceiling * self.relax).clamp(max=self.eps_max))
-        grown = torch.minimum(trial.eps * self.grow, ceiling).clamp(self.eps_min, self.eps_max)
-        eps = torch.where(over, shrunk, grown)
-        # Keep the state finite so a diverged row cannot poison later merges.
-        v_new = torch.where(over, torch.zeros_like(v_new), v_new)
+        grown = torch.minimum(eps * self.grow, ceiling).clamp(self.eps_min, self.eps_max)
+        eps_next = torch.where(over, shrunk, grown)
+        ref = torch.where(genuine, torch.minimum(ref, mean), ref)
+        # The reference is this step's own rate: the smoothed one lags behind a rise that starts.
+        ref = torch.where(over, dx / eps, torch.where(mean > 0, ref, 0.0))
+        genuine = genuine & ~over & (mean > 0)
+        age = torch.where(over, 0.0, age + 1)
+        # On a shrink the rate restarts (the rate measured under the old eps says nothing about
+        # the new one). Keep the state finite so a diverged row cannot poison later merges.
+        q_new = torch.where(over, 0.0, torch.nan_to_num(q_new, nan=0.0, posinf=0.0, neginf=0.0))
+        w_new = torch.where(over, 0.0, w_new)
+        ref = torch.nan_to_num(ref, nan=0.0, posinf=0.0, neginf=0.0)
         s_new = torch.nan_to_num(s_new, nan=0.0, posinf=0.0)
         accept = torch.ones_like(over)
-        state = {"rate": v_new, "noise": s_new, "ceiling": ceiling}
-        return Decision(accept=accept, eps=eps, state=state)
+        state = {
+            "rate": q_new, "fill": w_new, "noise": s_new, "ceiling": ceiling,
+            "shrunk_at": ref, "age": age, "genuine": genuine,
+        }
+        return Decision(accept=accept, eps=eps_next, state=state)
 
 
 # --------------------------------------------------------------------------------------------------

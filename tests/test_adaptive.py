@@ -282,6 +282,32 @@ def test_stiff_rotation_converges_with_eps_near_or_below_eps_crit(kind):
 # ------------------------------------------------------------------------------------------------
 # Slow contraction: the naive controller's failure, fixed
 # ------------------------------------------------------------------------------------------------
+def test_genuine_rise_of_the_flow_does_not_park_eps_at_the_floor():
+    # A non-normal linear system: along the exact flow ||F|| ~ e^{-t/50} |1 - t/50| first falls to
+    # ~0 at t = 50, then rises ~10x until t = 100 (checked with scipy below), with a fast mode that
+    # sets eps_crit = 0.2. A rise that shrinking eps does not change is the flow's own: the
+    # Overshoot controller must not chase it down to eps_min (the previous one parked there for
+    # ~6000 steps and hit max_steps).
+    from scipy.linalg import expm
+
+    A = np.array([[-0.02, 1.0, 0.0], [0.0, -0.02, 0.0], [0.0, 0.0, -10.0]])
+    zstar = np.ones((1, 3))
+    d0 = np.array([0.0, 1.0, 0.5])
+    flow_f = [np.linalg.norm(A @ expm(A * t) @ d0) for t in (52.0, 100.0)]
+    assert flow_f[1] > 5 * flow_f[0]  # the continuous flow itself rises
+    sys = Linear(A, zstar)
+    assert sys.eps_crit() == pytest.approx(0.2)
+    z0 = torch.as_tensor(zstar + d0)
+    res = settle(sys, z0, AdaptiveEuler(Overshoot()), tol=1e-6, max_steps=20000)
+    assert res.status is Status.CONVERGED, res.summary()
+    np.testing.assert_allclose(res.z.numpy(), zstar, atol=1e-4)
+    assert int(res.info["floor_steps"][0]) == 0
+    assert float(res.info["eps_low"][0]) > 0.01
+    euler = settle(sys, z0, ExplicitEuler(eps=0.1), tol=1e-6, max_steps=20000)
+    assert euler.status is Status.CONVERGED
+    assert res.steps < 0.25 * euler.steps
+
+
 def test_naive_controller_parks_eps_at_the_floor_on_slow_contraction():
     # Sanity check of the test system: this is the DOMAIN.md failure the controllers must avoid.
     sys = slow_contraction()

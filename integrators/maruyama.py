@@ -125,10 +125,14 @@ class EulerMaruyama(Integrator):
         max_drift_ratio: largest drift/noise power ratio Q of a noise floor (> 0, inf disables
             the test); see the module docstring.
 
-    The generator of a run lives on this object from `init` to the end of the run: one settle at a
-    time per instance. `info(state)` gives per-sample (batch,) tensors: `noise_floor` (the mean
-    force residual over the last completed window, the floor where `noise_settled`; NaN before a
-    window completes, 0 without noise),
+    Per-run state lives in the run's `StepState`, not on this object, so one instance may run
+    several settles at once (threads, or a settle inside a force): a seeded or fresh generator's
+    state is carried in `extra["rng"]` (its byte state, one identical row per sample, on the
+    state's device; on a GPU this costs a small device-host copy per step) and rebuilt each step.
+    A caller's `generator` is used as given (its state advances; sharing it between concurrent
+    runs shares its stream). `info(state)` gives per-sample (batch,) tensors: `noise_floor` (the
+    mean force residual over the last completed window, the floor where `noise_settled`; NaN before
+    a window completes, 0 without noise),
     `drift_noise_ratio` (Q of the last window) and `noise_settled` (True where the floor rule,
     not `tol`, ended the sample).
     """
@@ -168,10 +172,6 @@ class EulerMaruyama(Integrator):
         for k in range(self.window):
             sizes[k * _BLOCKS // self.window] += 1
         self._block_sizes = sizes
-        # Per-run state, set by init (one settle at a time per instance).
-        self._generator: torch.Generator | None = None
-        self._seed_used: int | None = None
-        self._sizes = torch.tensor(sizes, dtype=torch.float64)
 
     @staticmethod
     def _check_sigma(sigma: Any) -> float | Tensor | Noise:
@@ -207,12 +207,13 @@ class EulerMaruyama(Integrator):
                     f"sigma of shape {tuple(self.sigma.shape)} does not broadcast to the state's "
                     f"shape {tuple(z0.shape)}"
                 )
-        self._generator = self._make_generator(z0.device)
         b, real = z0.shape[0], z0.dtype
-        self._sizes = torch.tensor(self._block_sizes, dtype=real, device=z0.device)
+        state.extra.update(self._make_generator(z0.device, b))
+        sizes = torch.tensor(self._block_sizes, dtype=real, device=z0.device)
         nan = torch.full((b,), math.nan, dtype=real, device=z0.device)
         zero = torch.zeros(b, dtype=real, device=z0.device)
         state.extra.update(
+            sizes=sizes.expand(b, _BLOCKS),
             count=torch.zeros(b, dtype=torch.long, device=z0.device),
             blocks=torch.zeros(b, _BLOCKS, dtype=real, device=z0.device),
             drift2=zero,
@@ -223,21 +224,35 @@ class EulerMaruyama(Integrator):
         )
         return state
 
-    def _make_generator(self, device: torch.device) -> torch.Generator:
+    def _make_generator(self, device: torch.device, b: int) -> dict[str, Tensor]:
+        """The run's generator as `extra` entries: `rng` (b, S) uint8, its byte state, and `seed`
+        (b,) int64, the seed's 64 bits (two's complement); none for a caller's generator."""
         if self.generator is not None:
             if self.generator.device.type != device.type:
                 raise ValueError(
                     f"generator is on {self.generator.device}, the state on {device}: they must "
                     "match"
                 )
-            self._seed_used = None
-            return self.generator
+            return {}
         gen = torch.Generator(device=device)
         if self.seed is not None:
-            gen.manual_seed(self.seed)
-            self._seed_used = self.seed
+            seed = gen.manual_seed(self.seed).initial_seed()
         else:
-            self._seed_used = gen.seed()  # fresh entropy; the global RNG is untouched
+            seed = gen.seed()  # fresh entropy; the global RNG is untouched
+        signed = seed - 2**64 if seed >= 2**63 else seed
+        return {
+            "rng": _rows(gen.get_state(), b, device),
+            "seed": torch.full((b,), signed, dtype=torch.long, device=device),
+        }
+
+    def _generator_of(self, extra: dict[str, Tensor], device: torch.device) -> torch.Generator:
+        """The generator of the run whose state holds `extra`."""
+        if self.generator is not None:
+            return self.generator
+        if "rng" not in extra:
+            raise RuntimeError("EulerMaruyama.step called before init")
+        gen = torch.Generator(device=device)
+        gen.set_state(extra["rng"][0].cpu())
         return gen
 
     def _diffusion(self, force: CountedForce, z: Tensor, t: Tensor) -> Tensor:
@@ -269,15 +284,18 @@ class EulerMaruyama(Integrator):
         z = torch.addcmul(state.z, eps, state.f)
         if not self.noisy:
             return state.replace(z=z, f=force(z), t=state.t + state.eps)
-        if self._generator is None:
-            raise RuntimeError("EulerMaruyama.step called before init")
+        dev = state.z.device
+        gen = self._generator_of(state.extra, dev)
         sigma = self._diffusion(force, state.z, state.t)
-        dw = torch.randn(state.z.shape, generator=self._generator, dtype=state.z.dtype,
-                         device=state.z.device)
+        dw = torch.randn(state.z.shape, generator=gen, dtype=state.z.dtype, device=dev)
         z = z + eps.sqrt() * sigma * dw
         f = force(z)
         new = state.replace(z=z, f=f, t=state.t + state.eps)
-        return self._floor_rule(new, state, sigma)
+        new = self._floor_rule(new, state, sigma)
+        if self.generator is None:
+            new.extra["rng"] = _rows(gen.get_state(), z.shape[0], dev)
+            new.extra["seed"] = state.extra["seed"]
+        return new
 
     def _floor_rule(self, new: StepState, old: StepState, sigma: Tensor) -> StepState:
         """Accumulate this step into the window; judge the noise floor where a window ends."""
@@ -293,7 +311,7 @@ class EulerMaruyama(Integrator):
         count = x["count"] + 1
         end = count >= self.window
 
-        block_means = blocks / self._sizes
+        block_means = blocks / x["sizes"]
         mean = blocks.sum(1) / self.window
         se = block_means.std(dim=1) / math.sqrt(_BLOCKS)
         ratio = old.eps * drift2 / noise2.clamp_min(torch.finfo(real).tiny)
@@ -311,6 +329,7 @@ class EulerMaruyama(Integrator):
         keep = ~end
         zeros = torch.zeros_like(drift2)
         new.extra = dict(
+            sizes=x["sizes"],
             count=torch.where(keep, count, torch.zeros_like(count)),
             blocks=torch.where(keep.unsqueeze(1), blocks, torch.zeros_like(blocks)),
             drift2=torch.where(keep, drift2, zeros),
@@ -333,8 +352,20 @@ class EulerMaruyama(Integrator):
             "noise_floor": state.extra["floor"].clone(),
             "drift_noise_ratio": state.extra["ratio"].clone(),
             "noise_settled": state.settled.clone(),
-            "seed": self._seed_used,
+            "seed": _seed_of(state.extra),
         }
+
+
+def _rows(byte_state: Tensor, b: int, device: torch.device) -> Tensor:
+    """A generator's byte state (S,) as b identical rows (b, S) on `device`."""
+    return byte_state.to(device).unsqueeze(0).expand(b, -1)
+
+
+def _seed_of(extra: dict[str, Tensor]) -> int | None:
+    """The run's seed as an int in [0, 2^64), or None (a caller's generator)."""
+    if "seed" not in extra or extra["seed"].numel() == 0:
+        return None
+    return int(extra["seed"][0]) % 2**64
 
 
 __all__ = ["EulerMaruyama", "ou_stationary_variance", "ou_noise_floor"]

@@ -108,6 +108,34 @@ def test_seeded_runs_repeat_bit_for_bit_and_seeds_differ():
     assert torch.equal(run(seed=free.info["seed"]).z, free.z)
 
 
+def test_one_instance_runs_nested_settles_without_sharing_their_streams():
+    # Per-run state lives in the run's StepState: a settle started with the same instance inside
+    # a force call of another (re-entrant use) must leave the outer run bit-for-bit unchanged, and
+    # the inner run must be the same as a run of its own.
+    F = ou(1.0)
+    z0 = (CENTRE + 0.5).expand(4, 2).clone()
+    z0_inner = (CENTRE - 0.3).expand(3, 2).clone()
+    em = EulerMaruyama(eps=0.05, sigma=0.1, seed=7, window=100)
+    inner, calls = [], []
+
+    def nesting(z):
+        calls.append(z.shape[0])
+        if len(calls) == 3:  # during the outer run's second step, after its init
+            inner.append(settle(F, z0_inner, em, tol=1e-9, max_steps=60))
+        return F(z)
+
+    nested = settle(nesting, z0, em, tol=1e-9, max_steps=200)
+    alone = settle(F, z0, EulerMaruyama(eps=0.05, sigma=0.1, seed=7, window=100), tol=1e-9,
+                   max_steps=200)
+    assert len(inner) == 1 and inner[0].steps == 60
+    assert torch.equal(nested.z, alone.z)
+    assert torch.equal(nested.trace.sample_residual, alone.trace.sample_residual)
+    assert nested.info["seed"] == alone.info["seed"] == 7
+    inner_alone = settle(F, z0_inner, EulerMaruyama(eps=0.05, sigma=0.1, seed=7, window=100),
+                         tol=1e-9, max_steps=60)
+    assert torch.equal(inner[0].z, inner_alone.z)
+
+
 # ------------------------------------------------------------------------------------------------
 # Ornstein-Uhlenbeck: stationary law and the noise floor
 # ------------------------------------------------------------------------------------------------

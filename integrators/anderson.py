@@ -62,28 +62,28 @@ Safeguards, per sample, without host syncs:
   point, its history is cleared and its gain scale s halved (an overshooting map, e.g. a plain force
   stiffer than 1/eps). Counted in `SettleResult.info["rejected_steps"]`.
 * best iterate: the lowest force residual ||F(z)|| / ||z|| seen is kept and returned by `finalize`.
-* stall and relaxation: progress is a drop of the best force residual or of the smallest ||F||
-  below `_STALL_FACTOR` times its value at the last such drop (both count: ||F|| / ||z|| can rise
-  while a far-away iterate approaches the root). After `stall_patience` iterations without
-  progress the sample relaxes for `stall_patience` iterations: damped Picard steps (no
-  extrapolation) from its best point, its gain scale s halved (for good), following the flow like
-  Euler, which leads out of places where the secant model misleads Anderson (a saturated force, a
-  local minimum of ||F||); then it accelerates again. A relaxation window without progress ends
-  the sample *settling*: it follows the undamped Picard flow from where it is, for good (no
-  extrapolation, no rejection of a rising ||F||). This is how it leaves a "ghost": a point of small
+* stall and relaxation: progress is a drop of the best force residual or of the smallest ||F|| below
+  `_STALL_FACTOR` times its value at the last such drop (both count: ||F|| / ||z|| can rise while a
+  far-away iterate approaches the root). After `stall_patience` iterations without progress the
+  sample relaxes for `stall_patience` iterations: damped Picard steps (no extrapolation) from its
+  best point, its gain scale s halved (until it settles), following the flow like Euler, which leads
+  out of places where the secant model misleads Anderson (a saturated force, a local minimum of
+  ||F||); then it accelerates again. A relaxation window without progress ends the sample
+  *settling*: it follows the undamped Picard flow from where it is, for good (no extrapolation, no
+  rejection of a rising ||F||; every relaxation cut of s is undone, which halved the settling steps
+  of a block-g3 sample that had relaxed twice). This is how it leaves a "ghost": a point of small
   but non-zero residual, which the secant model keeps returning to and from which the flow must
   first climb (measured on the gain-3 block of benchmarks/operators.py: the best Anderson point of
   one sample sat at residual 4e-3, and the flow out of it rose to 1.4e-2 before it fell to a stable
-  root; that sample has at least two stable roots, 76 % apart, and Anderson and IMEX from z0 = 0
-  end at different ones). A settling sample progresses while its residual moves 10 % away from
-  its value at the last progress (down, or up: climbing out of a ghost is progress); after
-  `_SETTLE_WINDOWS` windows without that, or a residual
-  10x the larger of the one it started settling from and the one after its first iteration (a
-  runaway: no root ahead, e.g. a finite-time blow-up), end it STALLED at its best point. The second
-  reference matters for a deep ghost: a rounding-level change of the path once left that sample's
-  best point at 4.4e-4, and the flow out of it rose 30x before it fell to the root. An
-  oscillating settling flow keeps progressing, and the loop's
-  cycle test judges its tail (LIMIT_CYCLE). STALLED is evidence; the ODE reference decides.
+  root; that sample has at least two stable roots, 76 % apart, and Anderson and IMEX from z0 = 0 end
+  at different ones). A settling sample progresses while its residual moves 10 % away from its value
+  at the last progress (down, or up: climbing out of a ghost is progress); after `_SETTLE_WINDOWS`
+  windows without that, or a residual 10x the larger of the one it started settling from and the one
+  after its first iteration (a runaway: no root ahead, e.g. a finite-time blow-up), end it STALLED
+  at its best point. The second reference matters for a deep ghost: a rounding-level change of the
+  path once left that sample's best point at 4.4e-4, and the flow out of it rose 30x before it fell
+  to the root. An oscillating settling flow keeps progressing, and the loop's cycle test judges its
+  tail (LIMIT_CYCLE). STALLED is evidence; the ODE reference decides.
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ _SPLIT_EPS = 0.5
 # a root-finder is making no progress (and the best residual of a force without a root, bounded
 # below, stops improving by 10 % after finitely many steps).
 _STALL_FACTOR = 0.9
+# A settling sample progresses while its residual moves by 10 % (down or up) from its value at the
+# last progress.
+_SETTLE_FACTOR = 0.9
 # A new point whose ||F|| exceeds this factor times the smallest one seen is rejected. Converging
 # runs measured growth below 6 (Anderson is not monotone); a runaway grows without bound.
 _REJECT_GROWTH = 10.0
@@ -215,7 +218,8 @@ class Anderson(Integrator):
         reset; `best_z`, `best_f` like z0; `best_res` (b,) force residual of the best point;
         `stall_ref`,
         `stall_fn` (b,) the two at the last progress; `since` (b,) iterations since then;
-        `relax` (b,) relaxation iterations left; `settling` (b,) bool; `settle_from` (b,) the
+        `relax` (b,) relaxation iterations left; `relax_cut` (b,) product of the gain cuts of
+        the relaxation windows (undone when settling); `settling` (b,) bool; `settle_from` (b,) the
         runaway reference; `entry_res` (b,) residual after the first iteration; `restarts` (b,).
         """
         self._check_gain(force)
@@ -231,6 +235,7 @@ class Anderson(Integrator):
             valid=torch.zeros(b, m, dtype=torch.bool, device=dev),
             count=torch.zeros(b, dtype=torch.long, device=dev),
             scale=torch.ones(b, dtype=real, device=dev),
+            relax_cut=torch.ones(b, dtype=real, device=dev),
             least_fn=fn0,
             best_z=z0,
             best_f=f0,
@@ -291,14 +296,11 @@ class Anderson(Integrator):
         z_new = torch.addcmul(x, cut.unsqueeze(-1).to(z.dtype), move).reshape(z.shape)
         f_new = force(z_new)
 
-        # The new point and force next to the best ones, in one buffer: both norms in one pass,
-        # and the new best point and the returned state as one row gather at the end (cheaper
-        # than four masked selects over the state, and exact for non-finite rows too).
-        pool = torch.cat((z_new, f_new, ex["best_z"], ex["best_f"]))
-        norms = torch.linalg.vector_norm(pool[: 2 * b].reshape(2 * b, -1), dim=-1)
-        zn, fn = norms[:b], norms[b:]
+        dims = tuple(range(1, z.ndim))
+        zn = torch.linalg.vector_norm(z_new, dim=dims)
+        fn = torch.linalg.vector_norm(f_new, dim=dims)
         res = fn / zn.clamp_min(torch.finfo(zn.dtype).tiny)
-        finite = torch.isfinite(norms).view(2, b).all(0)
+        finite = torch.isfinite(zn + fn)  # both norms are >= 0: no cancellation
         # While settling (following the flow for good) ||F|| may rise on the way to the root: only
         # a non-finite force is refused then.
         reject = ~finite | (~settling & (fn > _REJECT_GROWTH * ex["least_fn"]))
@@ -321,7 +323,8 @@ class Anderson(Integrator):
         # keeps "progressing" and the loop's cycle test judges its tail).
         ref = ex["stall_ref"]
         level = torch.where(settling, torch.where(back, ref, res), best_res)
-        moved = (level < _STALL_FACTOR * ref) | (settling & (_STALL_FACTOR * level > ref))
+        factor = torch.where(settling, _SETTLE_FACTOR, _STALL_FACTOR)
+        moved = (level < factor * ref) | (settling & (_SETTLE_FACTOR * level > ref))
         down_fn = ~settling & (least_fn < _STALL_FACTOR * ex["stall_fn"])
         stall_ref = torch.where(moved, level, ref)
         stall_fn = torch.where(down_fn, least_fn, ex["stall_fn"])
@@ -347,31 +350,30 @@ class Anderson(Integrator):
         # ghost's residual, but not above the residuals the sample has already come down from.
         entry_res = torch.where(ex["count"] == 0, res, ex["entry_res"])
         settle_from = torch.where(go_settle, torch.maximum(res, entry_res), ex["settle_from"])
-        # Settling follows the undamped map again (the relaxation window's halved gain was a
-        # guess against overshoot; rejections keep their own cuts); entering a relaxation window
-        # halves it.
-        scale = scale * torch.where(
-            go_settle, (1.0 / _GAIN_SHRINK), torch.where(enter, _GAIN_SHRINK, 1.0)
-        )
-        scale = torch.where(go_settle, scale.clamp(max=1.0), scale)
+        # Entering a relaxation window halves the gain; settling follows the undamped map again,
+        # undoing every relaxation cut (they were guesses against overshoot; rejections keep their
+        # own cuts). `relax_cut` is the product of the relaxation cuts so far.
+        cut_now = torch.where(enter, _GAIN_SHRINK, 1.0)
+        relax_cut = ex["relax_cut"] * cut_now
+        scale = torch.where(go_settle, (scale / relax_cut).clamp(max=1.0), scale * cut_now)
+        relax_cut = torch.where(go_settle, 1.0, relax_cut)
         settling = settling | go_settle
         valid = valid & ~(reject | enter).unsqueeze(1)
 
-        # Rows of `pool` (z_new, f_new, best_z, best_f; b each): the new best point is the new one
-        # where it is better, and a sample sent home (rejected, relaxing, runaway) returns to its
-        # best point (the new one if it just became the best; a rejected one never does).
-        old = ~better
-        home = (back | enter | runaway) & old
-        ar = torch.arange(b, device=dev)
-        pick = torch.stack((old, old, home, home)).long() * (2 * b)  # (4, b)
-        pick += (torch.tensor([0, b, 0, b], device=dev).unsqueeze(1) + ar)
-        out = pool.index_select(0, pick.reshape(-1))
-        best_z, best_f, z_out, f_out = out.split(b)
+        # The new best point is the new one where it is better; a sample sent home (rejected,
+        # relaxing, runaway) returns to its best point (the new one if it just became the best; a
+        # rejected one never does).
+        keep = better.view((b,) + (1,) * (z.ndim - 1))
+        best_z = torch.where(keep, z_new, ex["best_z"])
+        best_f = torch.where(keep, f_new, ex["best_f"])
+        home = ((back | enter | runaway) & ~better).view(keep.shape)
+        z_out = torch.where(home, ex["best_z"], z_new)
+        f_out = torch.where(home, ex["best_f"], f_new)
         extra = dict(
             YR=YR, gram=gram, valid=valid, count=ex["count"] + 1, scale=scale,
             least_fn=least_fn, best_z=best_z, best_f=best_f, best_res=best_res,
             stall_ref=stall_ref, stall_fn=stall_fn, since=since, relax=relax,
-            settling=settling, settle_from=settle_from, entry_res=entry_res,
+            settling=settling, settle_from=settle_from, entry_res=entry_res, relax_cut=relax_cut,
             restarts=ex["restarts"] + restart.long(),
         )
         return state.replace(
@@ -454,25 +456,22 @@ def mixing_weights(gram: Tensor, valid: Tensor, regularization: float) -> tuple[
         dtype = torch.complex128 if gram.is_complex() else torch.float64
     H = gram.to(dtype)
     real = H.real.dtype
-    dev = H.device
     w = H.diagonal(dim1=-2, dim2=-1).real.clamp_min(torch.finfo(real).tiny).sqrt()  # ||r_i||
-    inf = torch.full((), math.inf, dtype=real, device=dev)
-    wmin = torch.where(valid, w, inf).amin(-1, keepdim=True)
-    d = torch.where(valid, wmin / w, 0.0).to(dtype)  # constraint in the scaled variables, <= 1
-    C = H / (w.unsqueeze(-1) * w.unsqueeze(-2))
-    both = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-    eye = torch.eye(m, dtype=torch.bool, device=dev)
+    u = torch.where(valid, w.reciprocal(), 0.0)  # 1 / ||r_i|| on the used slots, else 0
+    d = u / u.amax(-1, keepdim=True)  # min(w) / w_i, <= 1; 0 on unused slots
+    K = torch.zeros(b, m + 1, m + 1, dtype=dtype, device=H.device)
+    A = K[:, 1:, 1:]
+    torch.mul(H, u.unsqueeze(-1) * u.unsqueeze(-2), out=A)  # C_ij = <u_i, u_j>; 0 off the used
     # Unused slots become identity rows with d_i = 0, which forces their weight to 0.
-    diag = torch.diag_embed((1.0 + regularization * valid.to(real)).to(dtype))
-    A = torch.where(eye, diag, torch.where(both, C, 0.0))
-    top = torch.cat([torch.zeros(b, 1, 1, dtype=dtype, device=dev), d.unsqueeze(1)], dim=2)
-    K = torch.cat([top, torch.cat([d.unsqueeze(2), A], dim=2)], dim=1)  # (b, m+1, m+1)
+    A.diagonal(dim1=-2, dim2=-1).copy_(torch.where(valid, 1.0 + regularization, 1.0))
+    K[:, 0, 1:] = d
+    K[:, 1:, 0] = d
     K_inv, info = torch.linalg.inv_ex(K)
     alpha = d * K_inv[:, 1:, 0]  # [nu; gamma] = K^-1 e_0
     alpha = alpha / alpha.sum(-1, keepdim=True)  # exact in theory; removes rounding drift
     cond = K.abs().sum(-2).amax(-1) * K_inv.abs().sum(-2).amax(-1)
-    ok = (info == 0) & torch.isfinite(cond) & torch.isfinite(alpha).all(-1)
-    return torch.where(ok.unsqueeze(-1), alpha, 0.0), torch.where(ok, cond, inf)
+    ok = (info == 0) & torch.isfinite(cond + alpha.abs().sum(-1))
+    return torch.where(ok.unsqueeze(-1), alpha, 0.0), torch.where(ok, cond, math.inf)
 
 
 __all__ = ["Anderson", "mixing_weights"]

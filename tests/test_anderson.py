@@ -281,6 +281,29 @@ def test_rejected_overshoot_cuts_the_gain_and_recovers():
     np.testing.assert_allclose(res.z.numpy(), force.z_star.numpy(), atol=1e-9)
 
 
+def test_settling_undoes_every_relaxation_cut_but_keeps_rejection_cuts():
+    # Two samples that relaxed twice (relaxation cuts 1/4) start settling in this iteration; the
+    # second had also been rejected once (gain 1/8 in all). Settling follows the undamped map:
+    # gain 1, resp. the rejection's own cut 1/2.
+    force = Linear(n=4, batch=2)
+    z0 = force.z_star + 1.0
+    method = Anderson(stall_patience=5)
+    counted = CountedForce(force, z0)
+    state = method.init(counted, z0, counted(z0))
+    ex = dict(state.extra)
+    ex["relax"] = torch.tensor([2, 2])  # relaxing,
+    ex["since"] = torch.tensor([4, 4])  # and this iteration ends a window without progress:
+    zero = torch.zeros(2, dtype=F64)
+    ex["best_res"], ex["stall_ref"], ex["stall_fn"] = zero, zero, zero  # nothing can progress
+    ex["least_fn"] = torch.full((2,), math.inf, dtype=F64)  # and nothing is rejected
+    ex["relax_cut"] = torch.tensor([0.25, 0.25], dtype=F64)
+    ex["scale"] = torch.tensor([0.25, 0.125], dtype=F64)
+    new = method.step(counted, state.replace(extra=ex))
+    assert new.extra["settling"].tolist() == [True, True]
+    assert new.extra["scale"].tolist() == [1.0, 0.5]
+    assert new.extra["relax_cut"].tolist() == [1.0, 1.0]
+
+
 # -- batching, complex states, arguments -----------------------------------------------------------
 def test_per_sample_masking_stops_finished_samples():
     force = TanhNet(batch=2)

@@ -304,6 +304,28 @@ def test_settling_undoes_every_relaxation_cut_but_keeps_rejection_cuts():
     assert new.extra["relax_cut"].tolist() == [1.0, 1.0]
 
 
+def test_settling_shortcut_takes_the_general_paths_picard_step():
+    # When every running sample settles, the step skips the ring, the Gram update and the solve
+    # and moves to y_k = x_k + beta s h F(x_k); the general path's Picard step is the same point.
+    force = Linear(n=4, batch=2)
+    z0 = force.z_star + 1.0
+    method = Anderson(damping=0.8)
+    counted = CountedForce(force, z0)
+    state = method.init(counted, z0, counted(z0))
+    state = method.step(counted, state)  # some history in the ring
+    ex = dict(state.extra)
+    ex["settling"] = torch.ones(2, dtype=torch.bool)
+    ex["scale"] = torch.tensor([1.0, 0.5], dtype=F64)
+    state = state.replace(extra=ex)
+    x = state.z.reshape(2, -1)
+    r = (method._gain(counted, state.z) * state.f).reshape(2, -1)
+    y = x + (0.8 * ex["scale"]).unsqueeze(-1) * r
+    general = method._accelerate(dict(ex), x, r, y, torch.ones(2, dtype=torch.bool), x.shape)[-1]
+    new = method.step(counted, state)
+    np.testing.assert_allclose(new.z.numpy(), general.numpy(), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(new.f.numpy(), force(new.z).numpy(), rtol=1e-14)
+
+
 # -- batching, complex states, arguments -----------------------------------------------------------
 def test_per_sample_masking_stops_finished_samples():
     force = TanhNet(batch=2)

@@ -1176,10 +1176,11 @@ def load_checkpoint(path: str | Path, hardware: Any = None) -> EquilibriumTransf
 def default_model(hardware: Any = None) -> EquilibriumTransformer:
     """The shipped digits model (`DEFAULT_CHECKPOINT`), digital or programmed onto `hardware`.
 
-    d_model 32, float32, 47 kB, trained with BPTT (run digits-bptt-r1, step 700 of 1500,
-    benchmarks/results/training.md): 96.94 % digital test accuracy when settled with Anderson to
-    1.2e-5 in 100 iterations (96.7 % of the test samples converge; 96.67 % accuracy and 97.8 %
-    converged with 200 iterations to 1e-5). `checkpoint_info()` holds the provenance."""
+    d_model 32, float32, 48 kB, trained with BPTT in float64 on shift-augmented digits (run
+    digits-bptt-aug, step 1200 of 1200, BENCHMARKS.md "Training"), stored in float32: 98.06 %
+    digital test accuracy when settled with Anderson to 1.2e-5 in 100 iterations (97.2 % of the
+    test samples converge; 99.7 % with a 300-step IMEX continuation, same accuracy).
+    `checkpoint_info()` holds the provenance."""
     if not DEFAULT_CHECKPOINT.is_file():
         raise FileNotFoundError(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is missing")
     return load_checkpoint(DEFAULT_CHECKPOINT, hardware=hardware)

@@ -30,8 +30,10 @@ One step (`Trainer.train_step`):
    `guard_residual` (0.3), rolls the run back to the last checkpoint, multiplies the learning rate
    by `guard_lr_factor` and logs a "rollback" event (at most `max_rollbacks` times, then the run
    stops with status "diverged");
-6. the residual gate: an estimate flagged invalid (`GradientResult.valid`: the free phase did not
-   settle below `gate_residual`) is skipped (no update, logged as "updated": false);
+6. the residual gate, per sample (`sample_gate`): samples whose free phase did not settle below
+   `gate_residual`, or whose nudged phases did not converge, are dropped from the estimate
+   (logged as "dropped"); an estimate still flagged invalid (`GradientResult.valid`; e.g. fewer
+   than `min_kept` of the batch settled) is skipped (no update, logged as "updated": false);
 7. the update: gradient clipping (global norm `clip`), then Adam or SGD with linear warm-up and an
    optional cosine decay, or per-device pulses through `analogeq.learning.device_updates.
    DeviceUpdater` (`updates="device-deterministic" | "device-stochastic"`).

@@ -176,15 +176,23 @@ def shift_images(images: Tensor, generator: torch.Generator, background: float,
     """Translate each image (N, H, W) by its own random whole-pixel offset (dy, dx), each
     uniform in [-max_shift, max_shift]; uncovered pixels take the `background` value (the
     digits' blank paper, 0 before standardisation). The classic augmentation for small digit
-    images: a shifted digit is the same digit."""
+    images: a shifted digit is the same digit. The offsets are drawn on the generator's device
+    (the CPU for the trainer's batches) and applied on the images' device."""
+    if not isinstance(images, Tensor) or images.ndim != 3:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor of shape (N, H, W), got {got}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift must be an int >= 0, got {max_shift!r}")
     n, h, w = images.shape
     k = max_shift
-    padded = torch.full((n, h + 2 * k, w + 2 * k), background, dtype=images.dtype)
+    dev = images.device
+    padded = torch.full((n, h + 2 * k, w + 2 * k), float(background), dtype=images.dtype,
+                        device=dev)
     padded[:, k:k + h, k:k + w] = images
-    offsets = torch.randint(0, 2 * k + 1, (n, 2), generator=generator)
-    rows = offsets[:, 0, None] + torch.arange(h)  # (n, h) source rows
-    cols = offsets[:, 1, None] + torch.arange(w)  # (n, w) source columns
-    return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    offsets = torch.randint(0, 2 * k + 1, (n, 2), generator=generator).to(dev)
+    rows = offsets[:, 0, None] + torch.arange(h, device=dev)  # (n, h) source rows
+    cols = offsets[:, 1, None] + torch.arange(w, device=dev)  # (n, w) source columns
+    return padded[torch.arange(n, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def digits(test_size: int = 360) -> Task:

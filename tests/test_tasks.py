@@ -107,6 +107,10 @@ def test_shift_augmentation_is_a_whole_pixel_shift_with_blank_fill():
         assert len(matches) == 1
         seen.add(matches[0])
     assert len(seen) == 9  # every offset in -1..1 x -1..1 occurs
+    with pytest.raises(ValueError, match="images"):
+        shift_images(torch.zeros(8, 8), gen, background=0.0)
+    with pytest.raises(ValueError, match="max_shift"):
+        shift_images(images, gen, background=0.0, max_shift=-1)
 
 
 def test_augmented_batches_are_reproducible_and_keep_labels():

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_checkpoint(path)
         sample = generate(model, args.prompt, args.chars, temperature=args.temperature,
                           seed=args.seed, tol=args.tol)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, FloatingPointError) as exc:
         raise SystemExit(f"analogeq generate: {exc}") from None
     print(sample.prompt + sample.text)
     print(f"\n[{len(sample.text)} characters, {sample.nfe} force evaluations, "

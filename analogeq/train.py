@@ -1178,10 +1178,10 @@ def load_checkpoint(path: str | Path, hardware: Any = None) -> EquilibriumTransf
 def default_model(hardware: Any = None) -> EquilibriumTransformer:
     """The shipped digits model (`DEFAULT_CHECKPOINT`), digital or programmed onto `hardware`.
 
-    d_model 32, float32, 48 kB, trained with BPTT in float64 on shift-augmented digits (run
-    digits-bptt-aug, step 1200 of 1200, BENCHMARKS.md "Training"), stored in float32: 98.06 %
-    digital test accuracy when settled with Anderson to 1.2e-5 in 100 iterations (97.2 % of the
-    test samples converge; 99.7 % with a 300-step IMEX continuation, same accuracy).
+    d_model 48, float32, 91 kB, trained with AsymEP in float64 (run digits-asymep-r9, best
+    evaluation at step 600 of 1200, BENCHMARKS.md "Training"), stored in float32: 98.33 %
+    digital test accuracy when settled with Anderson to 1.2e-5 in 100 iterations (99.7 % of the
+    test samples converge; all of them with a 300-step IMEX continuation).
     `checkpoint_info()` holds the provenance."""
     if not DEFAULT_CHECKPOINT.is_file():
         raise FileNotFoundError(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is missing")

@@ -74,7 +74,7 @@ from ._train_eval import evaluate
 from ._train_log import JsonlLog, plot_training
 from .integrators._result import worst_status
 from .learning import BPTT, AsymEP, GradientResult, HolomorphicEP, ImplicitAdjoint
-from .learning._common import default_tol
+from .learning._common import PhaseInfo, default_tol, gate
 from .model import EquilibriumTransformer, ModelConfig
 from .tasks import Task, _mix, get_task
 
@@ -771,10 +771,9 @@ class Trainer:
 
     def _settled_samples(self, free: Any) -> Tensor:
         """(batch,) bool: samples whose free phase converged below the gate residual."""
-        status = free.sample_status or (free.status,) * free.z.shape[0]
-        converged = torch.tensor([st is integrators.Status.CONVERGED for st in status],
-                                 device=free.residual.device)
-        return converged & (free.residual <= self.config.gate_residual)
+        # the estimators' own validity rule, applied to the free phase alone
+        info = PhaseInfo.from_settle("free", free, math.nan)
+        return gate(info, [], self.config.gate_residual)[2]
 
     def _estimate_on(self, x: Tensor, y: Tensor, free: Any) -> GradientResult:
         """The rule's estimate on (x, y) from the settled `free`, with the IMEX retry of failed
@@ -1006,15 +1005,7 @@ class Trainer:
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
             raise ValueError(f"init_from {path}: its model config differs from the run's in "
                              f"{diff}")
-        nominal = data["nominal"]
-        own = dict(self.model.named_parameters())
-        if set(nominal) != set(own):
-            raise ValueError(f"init_from {path}: parameters differ (missing "
-                             f"{sorted(set(own) - set(nominal))}, unexpected "
-                             f"{sorted(set(nominal) - set(own))})")
-        with torch.no_grad():
-            for name, p in own.items():
-                p.copy_(nominal[name].to(dtype=p.dtype, device=p.device))
+        _load_nominal(self.model, data["nominal"], f"init_from {path}: parameters differ")
         if self.hardware is not None:
             self.model.program()  # the chip holds the new weights (also for device updates)
 
@@ -1153,6 +1144,16 @@ def checkpoint_info(path: str | Path | None = None) -> dict[str, Any]:
     }
 
 
+def _load_nominal(model: EquilibriumTransformer, nominal: dict[str, Tensor], what: str) -> None:
+    """Copy a checkpoint's nominal weights into `model` (cast to its dtype and device); a
+    ValueError starting with `what` when the parameter names differ."""
+    own = {n for n, _ in model.named_parameters()}
+    absent, unexpected = sorted(own - set(nominal)), sorted(set(nominal) - own)
+    if absent or unexpected:
+        raise ValueError(f"{what}: missing {absent}, unexpected {unexpected}")
+    model.load_state_dict(nominal, strict=False)
+
+
 def load_checkpoint(path: str | Path, hardware: Any = None) -> EquilibriumTransformer:
     """An `EquilibriumTransformer` with the nominal weights of a checkpoint (training
     checkpoint.pt or model-only best.pt / shipped file), in eval mode.
@@ -1163,13 +1164,7 @@ def load_checkpoint(path: str | Path, hardware: Any = None) -> EquilibriumTransf
     data = read_checkpoint(path)
     config = ModelConfig.from_dict(data["model_config"])
     model = EquilibriumTransformer(config, hardware=hardware, seed=0)
-    nominal = data["nominal"]
-    missing, unexpected = model.load_state_dict(nominal, strict=False)
-    own = {n for n, _ in model.named_parameters()}
-    absent = sorted(own - set(nominal))
-    if absent or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its model config: missing "
-                         f"{absent}, unexpected {list(unexpected)}")
+    _load_nominal(model, data["nominal"], f"checkpoint {path} does not match its model config")
     if hardware is not None:
         model.program()
     return model.eval()

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .integrators import SettleResult
 
 
@@ -124,7 +126,8 @@ def plot_residuals(
             # same colour in both panels (root-finders are missing here, the cycle would shift)
             ax_t.semilogy(res.trace.time.numpy() * time_scale, y, label=label,
                           color=line.get_color())
-    tol = min((float(r.info.get("tol", math.nan)) for r in results.values()), default=math.nan)
+    # the tightest tolerance of any sample (a per-sample tolerance is a tensor)
+    tol = min((_smallest(r.info.get("tol", math.nan)) for r in results.values()), default=math.nan)
     for ax, xlabel in ((ax_nfe, "force evaluations"), (ax_t, time_label)):
         if not math.isnan(tol):
             ax.axhline(tol, color="grey", ls=":", lw=1)
@@ -140,3 +143,10 @@ def plot_residuals(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _smallest(tol: Any) -> float:
+    """A tolerance as one number: itself, or the smallest of a per-sample tensor."""
+    if isinstance(tol, torch.Tensor):
+        return float(tol.min()) if tol.numel() else math.nan
+    return float(tol)

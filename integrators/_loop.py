@@ -40,7 +40,8 @@ _STATUSES = list(Status)
 class LoopOptions:
     """Options of the shared loop (any method). Validated on construction.
 
-    * `tol`: force-residual tolerance (> 0).
+    * `tol`: force-residual tolerance (> 0): one number for every sample, or a 1-D real tensor
+      of shape (batch,), one per sample (e.g. a tolerance relative to each sample's own scale).
     * `max_steps`: loop iterations (>= 1).
     * `blowup`: a sample whose ||z|| exceeds blowup * (||z0|| + ||F(z0)||) is DIVERGED.
     * `cycle_min_tail`: a residual tail shorter than 2 * cycle_min_tail is never called a cycle.
@@ -50,7 +51,7 @@ class LoopOptions:
       (a 1-D LongTensor into the batch, or None for the whole batch). Not counted as an NFE.
     """
 
-    tol: float
+    tol: float | Tensor
     max_steps: int
     blowup: float = 1e6
     cycle_min_tail: int = 50
@@ -58,7 +59,10 @@ class LoopOptions:
     observer: Callable[[Tensor, Tensor | None], Tensor] | None = None
 
     def __post_init__(self) -> None:
-        check_positive("tol", self.tol)
+        if isinstance(self.tol, Tensor):
+            _check_tol_tensor(self.tol)
+        else:
+            check_positive("tol", self.tol)
         check_range("max_steps", self.max_steps, 1, 10**12, integer=True)
         check_positive("blowup", self.blowup, allow_inf=True)
         check_range("cycle_min_tail", self.cycle_min_tail, 2, 10**9, integer=True)
@@ -71,6 +75,29 @@ class LoopOptions:
 
 
 LOOP_OPTIONS = ("blowup", "cycle_min_tail", "progress", "observer")
+
+
+def _check_tol_tensor(tol: Tensor) -> None:
+    """A per-sample tolerance: 1-D, real floating, finite and > 0 (one host check, at setup)."""
+    if tol.ndim != 1 or tol.is_complex() or not tol.is_floating_point():
+        raise TypeError(
+            f"tol must be a number or a 1-D real floating tensor of shape (batch,), got a "
+            f"{tol.dtype} tensor of shape {tuple(tol.shape)}"
+        )
+    if not bool((torch.isfinite(tol) & (tol > 0)).all()):
+        raise ValueError("tol must be finite and > 0 for every sample")
+
+
+def _tolerances(tol: float | Tensor, batch: int) -> np.ndarray:
+    """The (batch,) float64 host array of per-sample tolerances."""
+    if not isinstance(tol, Tensor):
+        return np.full(batch, float(tol))
+    if tol.shape != (batch,):
+        raise ValueError(
+            f"tol has shape {tuple(tol.shape)}: a per-sample tolerance needs shape ({batch},), "
+            "one per sample of z0"
+        )
+    return tol.detach().to("cpu", torch.float64).numpy().copy()
 
 
 def check_initial_state(z0: Any) -> Tensor:
@@ -129,7 +156,8 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     limit = options.blowup * np.maximum(zn0 + fn0_finite, tiny)
     code = np.full(batch, _RUNNING, dtype=np.int64)
     code[~finite0] = _CODES[Status.DIVERGED]
-    code[finite0 & (res <= options.tol)] = _CODES[Status.CONVERGED]
+    tol = _tolerances(options.tol, batch)
+    code[finite0 & (res <= tol)] = _CODES[Status.CONVERGED]
     res = np.where(finite0, res, np.inf)
     norm = zn0
     steps_per_sample = np.zeros(batch, dtype=np.int64)
@@ -184,7 +212,7 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         hist_eps.append(float(np.where(ok, t_new - old_t, 0.0).max()) if method.has_time else _NAN)
         sub_code = np.where(ok, _RUNNING, _CODES[Status.DIVERGED])
         sub_code[ok & (stalled > 0)] = _CODES[Status.STALLED]
-        sub_code[ok & ((r <= options.tol) | (settled > 0))] = _CODES[Status.CONVERGED]
+        sub_code[ok & ((r <= tol[rows_np]) | (settled > 0))] = _CODES[Status.CONVERGED]
         all_ok = bool(ok.all())
         if not all_ok:  # rare: keep the last finite state of the failed samples
             new = work.merge(new, keep=torch.from_numpy(~ok).to(dev))
@@ -266,7 +294,8 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
     info = dict(method.info(state))
     info["rejected_steps"] = int(state.rejected.sum())
     info["precision_floor"] = float(precision)
-    info["tol"] = options.tol
+    # A number stays a number; a per-sample tolerance is reported as the (batch,) float64 tensor.
+    info["tol"] = torch.from_numpy(tol) if isinstance(options.tol, Tensor) else options.tol
     trace = Trace(
         residual=sample_res.max(dim=1).values,
         step_residual=torch.tensor(hist_step_res, dtype=torch.float64),

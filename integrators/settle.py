@@ -93,7 +93,7 @@ def settle(
     z0: Tensor,
     method: str | Integrator = "anderson",
     *,
-    tol: float = 1e-6,
+    tol: float | Tensor = 1e-6,
     max_steps: int | None = None,
     **options: Any,
 ) -> SettleResult:
@@ -104,7 +104,8 @@ def settle(
             `nonlinear` (F = -leak z + N(z)) and `select(index)` (`analogeq.integrators._force`).
         z0: initial state, shape (batch, ...), finite, floating or complex.
         method: a name in `METHODS` or an `Integrator` instance.
-        tol: force-residual tolerance ||F(z)|| / ||z|| per sample (> 0).
+        tol: force-residual tolerance ||F(z)|| / ||z|| per sample (> 0): a number, or a 1-D
+            tensor of shape (batch,) with one tolerance per sample.
         max_steps: loop iterations; default the method's `default_max_steps`.
         **options: the method's constructor arguments (with a name) and the loop's options
             `blowup`, `cycle_min_tail`, `progress`.

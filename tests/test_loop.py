@@ -74,6 +74,22 @@ def test_bad_tol(tol):
         settle(LIN, Z0, "euler", tol=tol)
 
 
+@pytest.mark.parametrize(
+    "tol, error",
+    [
+        (torch.tensor([1e-6, 0.0], dtype=F64), ValueError),  # one sample not > 0
+        (torch.tensor([1e-6, float("nan")], dtype=F64), ValueError),
+        (torch.tensor([1e-6, float("inf")], dtype=F64), ValueError),
+        (torch.tensor([1e-6, 1e-6, 1e-6], dtype=F64), ValueError),  # not one per sample
+        (torch.full((2, 1), 1e-6, dtype=F64), TypeError),  # not 1-D
+        (torch.tensor([1, 2]), TypeError),  # integer
+    ],
+)
+def test_bad_per_sample_tol(tol, error):
+    with pytest.raises(error, match="tol"):
+        settle(LIN, Z0, "euler", tol=tol)
+
+
 @pytest.mark.parametrize("max_steps", [0, -5])
 def test_bad_max_steps(max_steps):
     with pytest.raises(ValueError, match="max_steps"):
@@ -294,6 +310,43 @@ def test_masking_without_select_is_still_right(wrap):
     np.testing.assert_allclose(to_np(res.z[0]), ref[steps[0], 0], rtol=1e-12)
     np.testing.assert_allclose(to_np(res.z[1]), ref[steps[1], 1], rtol=1e-12)
     np.testing.assert_array_equal(to_np(res.nfe_per_sample), steps + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_per_sample_tol_stops_each_sample_at_its_own_tolerance(dtype):
+    # The fast-decaying sample is asked for 1e-12 and the slow one for 1e-1, so the slow one
+    # finishes first (the reverse of a common tolerance): each stops at the first manually
+    # iterated Euler step below its own tolerance and then consumes no more evaluations.
+    sys, z0, ref, _ = _decay_setup()
+    res_ref = residual_np(linear_force_np(sys), ref)
+    tight, loose = 1e-12, 1e-1
+    k = [first_below(res_ref[:, 0], tight), first_below(res_ref[:, 1], loose)]
+    assert k[1] < k[0]
+    rec = Recorder(sys)
+    tol = torch.tensor([tight, loose], dtype=dtype)  # any real dtype; judged in float64
+    res = settle(rec, z0, "euler", eps=EPS, tol=tol, max_steps=2000)
+    assert res.status is Status.CONVERGED
+    steps = to_np(res.steps_per_sample)
+    assert abs(steps[0] - k[0]) <= 1 and abs(steps[1] - k[1]) <= 1
+    np.testing.assert_array_equal(to_np(res.nfe_per_sample), steps + 1)
+    np.testing.assert_array_equal(np.array(rec.log)[steps[1] + 1:], 1)  # only sample 0 left
+    final = residual_np(linear_force_np(sys), to_np(res.z))
+    assert final[0] <= tight * (1 + 1e-6) and loose / 10 < final[1] <= loose
+    assert isinstance(res.info["tol"], torch.Tensor)
+    np.testing.assert_allclose(to_np(res.info["tol"]), [tight, loose], rtol=1e-6)
+    # a scalar tolerance is reported as the number it was
+    assert settle(sys, z0, "euler", eps=EPS, tol=1e-3, max_steps=2000).info["tol"] == 1e-3
+
+
+def test_per_sample_tol_already_met_at_z0():
+    # a sample whose start already meets its own tolerance costs nothing beyond F(z0)
+    sys, z0, ref, _ = _decay_setup()
+    r0 = residual_np(linear_force_np(sys), ref[0])
+    tol = torch.tensor([2 * r0[0], 1e-8], dtype=F64)
+    res = settle(sys, z0, "anderson", tol=tol)
+    assert res.sample_status[0] is Status.CONVERGED and int(res.steps_per_sample[0]) == 0
+    np.testing.assert_allclose(to_np(res.z[0]), ref[0, 0])
+    assert res.sample_status[1] is Status.CONVERGED and to_np(res.residual)[1] <= 1e-8
 
 
 def test_without_select_finished_samples_are_frozen_at_their_final_state():

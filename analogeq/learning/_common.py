@@ -155,7 +155,8 @@ class PhaseInfo:
     * `nfe`: evaluations of the phase's force (a nudged evaluation is one F, one dL/dz and, with
       the AsymEP correction, one J v and one J^T v); `jvp`, `vjp`: linearization products at z0
       (a complex vector counts two, its real and imaginary parts).
-    * `steps`, `wall` (seconds), `tol` (the phase's stopping tolerance).
+    * `steps`, `wall` (seconds), `tol` (the phase's stopping tolerance: a number, or a (batch,)
+      tensor of per-sample tolerances).
     """
 
     name: str
@@ -166,7 +167,7 @@ class PhaseInfo:
     nfe: int
     steps: int
     wall: float
-    tol: float | None = None
+    tol: float | Tensor | None = None
     beta: float | complex | None = None
     jvp: int = 0
     vjp: int = 0
@@ -177,8 +178,8 @@ class PhaseInfo:
 
     @classmethod
     def from_settle(
-        cls, name: str, result: SettleResult, tol: float, beta: float | complex | None = None,
-        jvp: int = 0, vjp: int = 0,
+        cls, name: str, result: SettleResult, tol: float | Tensor,
+        beta: float | complex | None = None, jvp: int = 0, vjp: int = 0,
     ) -> PhaseInfo:
         return cls(
             name=name, method=result.method, status=result.status,
@@ -193,9 +194,21 @@ class PhaseInfo:
         lin = f" jvp {self.jvp} vjp {self.vjp};" if self.jvp or self.vjp else ""
         return (
             f"{self.name}{b} [{self.method}]: {self.status} (max residual {worst:.2e}, tol "
-            f"{self.tol if self.tol is None else f'{self.tol:.1e}'}; nfe {self.nfe};{lin} steps "
-            f"{self.steps}; wall {self.wall:.3f}s)"
+            f"{_format_tol(self.tol)}; nfe {self.nfe};{lin} steps {self.steps}; wall "
+            f"{self.wall:.3f}s)"
         )
+
+
+def _format_tol(tol: float | Tensor | None) -> str:
+    """'1.0e-06', or 'min..max' of a per-sample tolerance."""
+    if tol is None:
+        return "None"
+    if isinstance(tol, Tensor):
+        if tol.numel() == 0:
+            return "-"
+        lo, hi = float(tol.min()), float(tol.max())
+        return f"{lo:.1e}" if lo == hi else f"{lo:.1e}..{hi:.1e}"
+    return f"{tol:.1e}"
 
 
 @dataclass(frozen=True)
@@ -279,7 +292,8 @@ def free_phase(
             )
         if zf.is_complex():
             raise TypeError("free.z must be a real state (the free phase is real)")
-        tol = float(free.info.get("tol", math.nan))
+        tol = free.info.get("tol", math.nan)
+        tol = tol if isinstance(tol, Tensor) else float(tol)
         return force, free, PhaseInfo.from_settle("free", free, tol)
     if hasattr(model, "initial_state"):
         start = model.initial_state(force, z0)

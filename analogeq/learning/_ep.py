@@ -8,13 +8,20 @@ combination.
 Tolerance of the nudged phases. A nudge moves the state by about beta ||J^{-T} l||, which for a
 mean cross entropy over many tokens is a tiny fraction of ||z||: the nudge's own force residual at
 the warm start is s = |beta| ||l|| / ||z0|| per sample (`info["nudge_scale"]`). The nudged phases
-therefore stop at `nudged_rtol * min(s)`: a residual that small relative to the nudge bounds the
-relative error of delta by about `nudged_rtol` times the conditioning of J. An absolute tolerance
-(the free phase's 1e-6) would declare them converged before they moved. The tolerance cannot go
-below the dtype's rounding floor (64 machine epsilons here; the loop's precision floor is 16) and is
-clamped there; delta then carries a relative rounding error of about floor / s, and the estimator
-warns (RuntimeWarning, also in `info["warnings"]`) when that exceeds 1 %: a beta too small for the
-dtype (float32 with beta 1e-3 on a batch-mean loss, s ~ 1e-6) gives a delta made of rounding.
+therefore stop, per sample, at `nudged_rtol * s`: a residual that small relative to the sample's
+own nudge bounds the relative error of its delta by about `nudged_rtol` times the conditioning of
+J. An absolute tolerance (the free phase's 1e-6) would declare them converged before they moved;
+one tolerance for the batch (its smallest s) would make every sample resolve its nudge as finely
+as the one with the weakest nudge, a well-classified sample whose s can be 100x below the others'.
+The tolerance cannot go below the dtype's rounding floor (64 machine epsilons here; the loop's
+precision floor is 16) and is clamped there; delta then carries a relative rounding error of
+about floor / s_i in sample i. Each sample's delta is of size ~s_i, so the batch's delta (and the
+gradient, a sum over samples) carries a relative rounding error of about floor / rms(s) over the
+samples with s > 0; the estimator warns (RuntimeWarning, also in `info["warnings"]`) when that
+exceeds 1 %: a beta too small for the dtype (float32 with beta 1e-3 on a batch-mean loss, s ~
+1e-6) gives a delta made of rounding. A few well-classified samples on the floor do not: their
+deltas are small parts of the total. A sample with s = 0 (no loss gradient) holds its free
+state; its tolerance is the free phase's.
 
 Warm starts. The first nudged phase starts at z0. With `extrapolate=True` later phases start at
 the first order prediction z0 + beta_k d, d = (z_{beta_1} - z0) / beta_1 from the first phase
@@ -144,7 +151,8 @@ class _EquilibriumPropagation(Estimator):
         Returns:
             `GradientResult`: grads for every trainable parameter; info as documented there, plus
             "beta" / "radius" etc. (`describe`), "nudge_scale" ((batch,) |beta| ||l|| / ||z0||),
-            "nudged_tol", "relative_nudge" ((batch,) ||z_beta1 - z0|| / ||z0||), "loss".
+            "nudged_tol" ((batch,) per-sample tolerance of the nudged phases), "relative_nudge"
+            ((batch,) ||z_beta1 - z0|| / ||z0||), "loss".
         """
         wall0 = time.perf_counter()
         check_batch(tokens, targets)
@@ -219,29 +227,32 @@ class _EquilibriumPropagation(Estimator):
         return GradientResult(grads, info)
 
     def _nudged_tol(
-        self, scale: Tensor, dtype: torch.dtype, free_tol: float | None
-    ) -> tuple[float, list[str]]:
-        """nudged_rtol * the smallest nonzero nudge scale, floored at the dtype's rounding level."""
+        self, scale: Tensor, dtype: torch.dtype, free_tol: float | Tensor | None
+    ) -> tuple[Tensor, list[str]]:
+        """Per sample: nudged_rtol * its nudge scale, floored at the dtype's rounding level; the
+        free tolerance (or the floor) for a sample without a nudge. Shape (batch,), like scale."""
         floor = _NUDGE_FLOOR_EPS * torch.finfo(dtype).eps
+        if isinstance(free_tol, Tensor):
+            idle = free_tol.to(scale.device, scale.dtype).clamp_min(floor)
+        else:
+            ok = free_tol is not None and math.isfinite(free_tol)
+            idle = torch.full_like(scale, max(free_tol if ok else floor, floor))
+        tol = torch.where(scale > 0, (self.nudged_rtol * scale).clamp_min(floor), idle)
         nonzero = scale[scale > 0]
         if not nonzero.numel():
             # dL/dz = 0 on every sample (e.g. all targets of the batch's samples ignored): the
             # nudge does nothing and the nudged phases only hold the free state.
-            ref = free_tol if free_tol is not None and math.isfinite(free_tol) else floor
-            return max(ref, floor), []
-        smallest = float(nonzero.min())  # one host sync per estimate
-        tol = self.nudged_rtol * smallest
+            return tol, []
+        typical = float(nonzero.square().mean().sqrt())  # one host sync per estimate
         warn: list[str] = []
-        if not tol >= floor:
-            tol = floor
         # Warn only when rounding, not the tolerance, limits delta: its relative error is about
-        # floor / scale (1e-2 keeps cos to the exact gradient above ~0.999 on the block).
-        if floor / smallest > _WARN_ROUNDING:
+        # floor / rms(scale) (1e-2 keeps cos to the exact gradient above ~0.999 on the block).
+        if floor / typical > _WARN_ROUNDING:
             msg = (
                 f"the nudge is too small for {dtype}: its scale |beta| ||dL/dz|| / ||z|| is "
-                f"{smallest:.2e}, while the nudged phases cannot resolve residuals below the "
-                f"rounding floor {floor:.1e}: delta carries rounding error of relative size "
-                f"~{floor / smallest:.1e}; increase beta (or the radius)"
+                f"{typical:.2e} (rms over the batch), while the nudged phases cannot resolve "
+                f"residuals below the rounding floor {floor:.1e}: delta carries rounding error of "
+                f"relative size ~{floor / typical:.1e}; increase beta (or the radius)"
             )
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             warn.append(msg)

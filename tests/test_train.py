@@ -451,3 +451,38 @@ def test_per_sample_gate_drops_failed_nudged_phases_and_respects_min_kept(tmp_pa
     assert tr.run().skipped == 1
     with pytest.raises(ValueError, match="min_kept"):
         TrainConfig(min_kept=0.0)
+
+
+@pytest.mark.parametrize("compensation", [True, False], ids=["compensated", "uncompensated"])
+def test_drift_aware_noise_ages_the_chip_with_or_without_compensation(tmp_path, compensation):
+    # Every injection re-programs the chip and ages it to a random time in [1 s, drift_max]; the
+    # tiles' all-ones read then matches the freshly programmed one (compensated) or has decayed
+    # by the PCM drift law (uncompensated; decay (t / t0)^-nu with nu ~ 0.05). Programming and
+    # read noise are off (noise 0), so a fresh programming is the same chip before ageing.
+    from analogeq import deploy
+
+    tr = Trainer(cfg(tmp_path, device="pcm", noise=0.0, drift_aware=True, drift_max=1e8,
+                     drift_compensation=compensation))
+    for _ in range(50):  # the ageing time is random: take a draw well past 1 s
+        out = tr._inject_noise()
+        if out["drift_time"] > 1e4:
+            break
+    assert 1e4 < out["drift_time"] <= 1e8
+    aged = [deploy._reference_read(t) for t in deploy._tiles(tr.model)]
+    tr.model.program()
+    fresh = [deploy._reference_read(t) for t in deploy._tiles(tr.model)]
+    ratios = torch.tensor(aged) / torch.tensor(fresh)
+    if compensation:
+        torch.testing.assert_close(ratios, torch.ones_like(ratios), rtol=1e-6, atol=0.0)
+    else:
+        assert bool((ratios < 0.9).all()), ratios
+
+
+def test_cli_train_no_drift_compensation_flag(tmp_path):
+    code = main(["train", "--task", "synthetic", "--steps", "1", "--d-model", "16", "--heads",
+                 "2", "--embed-scale", "2", "--out", str(tmp_path / "cli"), "--no-progress",
+                 "--no-plots", "--device", "pcm", "--drift-aware", "--no-drift-compensation"])
+    assert code == 0
+    saved = _train_checkpoint.read_checkpoint(tmp_path / "cli" / "checkpoint.pt")
+    assert saved["config"]["drift_aware"] is True
+    assert saved["config"]["drift_compensation"] is False

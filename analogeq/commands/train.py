@@ -108,6 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--drift-aware", action="store_true",
                    help="age the chip to a random drift time every step")
     g.add_argument("--drift-max", type=float, default=d.drift_max, help="seconds")
+    g.add_argument("--no-drift-compensation", action="store_true",
+                   help="with --drift-aware: train on the aged chip without global drift "
+                        "compensation (for a deployment that does not compensate)")
     g = p.add_argument_group("regularisers and guard")
     g.add_argument("--jacobian-penalty", type=float, default=d.jacobian_penalty,
                    help="initial Jacobian-penalty weight (0 = off)")
@@ -155,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         clip=args.clip if args.clip and args.clip > 0 else None, updates=args.updates,
         free_max_steps=args.free_max_steps, device=args.device, noise=args.noise,
         read_noise=args.read_noise, drift_aware=args.drift_aware, drift_max=args.drift_max,
+        drift_compensation=not args.no_drift_compensation,
         jacobian_penalty=args.jacobian_penalty, adaptive=not args.frozen_penalty,
         jacobian_floor=args.jacobian_floor, jacobian_target=args.jacobian_target,
         controller_steps=args.controller_steps,

@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--spectral-every", type=int, default=d.spectral_every)
     g.add_argument("--spectral-min-scale", type=float, default=d.spectral_min_scale,
                    help="smallest factor of one spectral projection (0: the full correction)")
+    g.add_argument("--spectral-quantile", type=float, default=d.spectral_quantile,
+                   help="hold this quantile of the per-sample rho at the target (1: the "
+                        "largest; e.g. 0.9 ignores the hardest tenth of the batch)")
     g.add_argument("--lipschitz-target", type=float, default=d.lipschitz_target,
                    help="contraction by construction: keep the provable Lip(N) bound <= this "
                         "(< 1 + c; default off)")
@@ -148,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         init_scale=args.init_scale, embed_scale=args.embed_scale, norm_eps=args.norm_eps,
         dtype=args.dtype, spectral_target=args.spectral_target,
         spectral_every=args.spectral_every, spectral_min_scale=args.spectral_min_scale,
+        spectral_quantile=args.spectral_quantile,
         lipschitz_target=args.lipschitz_target, beta=args.beta, free_tol=args.free_tol,
         free_fallback_steps=args.free_fallback_steps,
         nudged_rtol=args.nudged_rtol, nudged_method=args.nudged_method,

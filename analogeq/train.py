@@ -1191,10 +1191,10 @@ def load_checkpoint(path: str | Path, hardware: Any = None) -> EquilibriumTransf
 def default_model(hardware: Any = None) -> EquilibriumTransformer:
     """The shipped digits model (`DEFAULT_CHECKPOINT`), digital or programmed onto `hardware`.
 
-    d_model 48, float32, 91 kB, trained with AsymEP in float64 (run digits-asymep-r9, best
-    evaluation at step 600 of 1200, BENCHMARKS.md "Training"), stored in float32: 98.33 %
-    digital test accuracy when settled with Anderson to 1.2e-5 in 100 iterations (99.7 % of the
-    test samples converge; all of them with a 300-step IMEX continuation).
+    d_model 48, float32, 91 kB, trained with AsymEP in float64 (run digits-asymep-q9s0, its final
+    weights after 1200 steps, BENCHMARKS.md "Training"), stored in float32: 99.44 % digital test
+    accuracy when settled with Anderson to 1.2e-5 in 100 iterations (99.17 % of the test samples
+    converge; all of them with a 300-step IMEX continuation).
     `checkpoint_info()` holds the provenance."""
     if not DEFAULT_CHECKPOINT.is_file():
         raise FileNotFoundError(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is missing")

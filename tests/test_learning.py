@@ -643,3 +643,19 @@ def test_asymep_nudged_tolerance_is_per_sample(asym):
     for i in range(2):
         err = torch.linalg.vector_norm(lam[i] - lam_ref[i]) / torch.linalg.vector_norm(lam_ref[i])
         assert float(err) <= 1e-2, (i, float(err))
+
+
+def test_asymep_accepts_a_free_phase_settled_with_per_sample_tolerances(asym):
+    # a free phase handed over with a (batch,) tolerance: its PhaseInfo keeps the tensor and the
+    # estimate is as accurate as with a scalar one
+    model, tok, tgt, ref, _ = asym
+    force = model.force(tok)
+    tol = torch.tensor([1e-12, 1e-11], dtype=torch.float64)
+    free = settle(force, model.initial_state(force, None), "imex", tol=tol, max_steps=5000)
+    assert free.status is Status.CONVERGED
+    res = AsymEP(1e-3).gradients(model, tok, tgt, free=free)
+    assert res.valid, res.summary()
+    torch.testing.assert_close(res.info["free"].tol, tol)
+    assert "1.0e-12..1.0e-11" in res.info["free"].summary()
+    cos, ratio = cos_ratio(res, ref)
+    assert cos >= 0.9999 and abs(ratio - 1) <= 5e-3

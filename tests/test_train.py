@@ -288,11 +288,13 @@ def _dense_nonlinear_radius(model, x, z):
     return float(_dense_nonlinear_radii(model, x, z).max())
 
 
-def test_spectral_projection_brings_the_measured_radius_to_the_target(tmp_path):
+def _overcoupled_trainer(tmp_path, **kw):
+    """A float64 trainer with spectral target 0.5 whose branch outputs are scaled x6 (radius
+    above the target), a batch of 8 and its free state settled to 1e-8 by IMEX."""
     from analogeq import integrators
 
     tr = Trainer(cfg(tmp_path, steps=1, spectral_target=0.5, spectral_iters=40, dtype="float64",
-                     free_tol=1e-8))
+                     free_tol=1e-8, **kw))
     with torch.no_grad():
         for name in ("attn.o", "ffn.down"):
             tr.model.get_submodule(name).weight.mul_(6.0)
@@ -300,6 +302,11 @@ def test_spectral_projection_brings_the_measured_radius_to_the_target(tmp_path):
     force = tr.model.force(x)
     z = integrators.settle(force, tr.model.initial_state(force), "imex", tol=1e-8,
                            max_steps=4000).z
+    return tr, x, z
+
+
+def test_spectral_projection_brings_the_measured_radius_to_the_target(tmp_path):
+    tr, x, z = _overcoupled_trainer(tmp_path)
     before = _dense_nonlinear_radius(tr.model, x, z)
     assert before > 0.6  # the test needs a state above the target
     out = tr._spectral_projection(x, z)
@@ -324,17 +331,7 @@ def test_spectral_projection_brings_the_measured_radius_to_the_target(tmp_path):
 
 
 def test_spectral_quantile_holds_that_quantile_of_the_per_sample_radii(tmp_path):
-    from analogeq import integrators
-
-    tr = Trainer(cfg(tmp_path, steps=1, spectral_target=0.5, spectral_iters=40, dtype="float64",
-                     free_tol=1e-8, spectral_quantile=0.5))
-    with torch.no_grad():
-        for name in ("attn.o", "ffn.down"):
-            tr.model.get_submodule(name).weight.mul_(6.0)
-    x, _ = tr.task.batch(0, 8, 0)
-    force = tr.model.force(x)
-    z = integrators.settle(force, tr.model.initial_state(force), "imex", tol=1e-8,
-                           max_steps=4000).z
+    tr, x, z = _overcoupled_trainer(tmp_path, spectral_quantile=0.5)
     before = _dense_nonlinear_radii(tr.model, x, z)
     assert float(before.min()) > 0.6 and float(before.max() / before.min()) > 1.5
     largest = copy.deepcopy(tr)

@@ -200,6 +200,12 @@ def _reference_next(xs, rs, beta):
     return alpha @ X + beta * (alpha @ R)
 
 
+def _started(method, force, z0):
+    """(counted force, the method's initial state at z0): a step can then be called by hand."""
+    counted = CountedForce(force, z0)
+    return counted, method.init(counted, z0, counted(z0))
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.complex128])
 def test_mixing_step_equals_numpy_lstsq(dtype):
     n, m, eps, beta = 8, 3, 0.3, 0.7
@@ -218,8 +224,7 @@ def test_mixing_step_equals_numpy_lstsq(dtype):
 
     z0 = (0.5 * torch.ones(1, n, dtype=F64)).to(dtype)
     method = Anderson(m=m, damping=beta, eps=eps, regularization=0.0, restart_cond=math.inf)
-    counted = CountedForce(force, z0)
-    state = method.init(counted, z0, counted(z0))
+    counted, state = _started(method, force, z0)
     xs, rs = [], []
     for _ in range(7):  # more than m: the history window wraps around
         x = state.z[0].numpy()
@@ -288,8 +293,7 @@ def test_settling_undoes_every_relaxation_cut_but_keeps_rejection_cuts():
     force = Linear(n=4, batch=2)
     z0 = force.z_star + 1.0
     method = Anderson(stall_patience=5)
-    counted = CountedForce(force, z0)
-    state = method.init(counted, z0, counted(z0))
+    counted, state = _started(method, force, z0)
     ex = dict(state.extra)
     ex["relax"] = torch.tensor([2, 2])  # relaxing,
     ex["since"] = torch.tensor([4, 4])  # and this iteration ends a window without progress:
@@ -310,8 +314,7 @@ def test_settling_shortcut_takes_the_general_paths_picard_step():
     force = Linear(n=4, batch=2)
     z0 = force.z_star + 1.0
     method = Anderson(damping=0.8)
-    counted = CountedForce(force, z0)
-    state = method.init(counted, z0, counted(z0))
+    counted, state = _started(method, force, z0)
     state = method.step(counted, state)  # some history in the ring
     ex = dict(state.extra)
     ex["settling"] = torch.ones(2, dtype=torch.bool)

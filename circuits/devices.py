@@ -985,11 +985,18 @@ class DeviceArray(nn.Module):
             one_b = 1.0 - b
             c = one_b * one_b
             d = (b * p.cycle_noise) ** 2
-            # (c + d)^n - c^n = c^n expm1(n log1p(d / c)); divided by B^2 via d / B^2 = s^2
-            ratio = torch.where(b < 1e-12, torch.zeros_like(b), d / c.clamp_min(1e-30))
-            grow = torch.expm1(cnt * torch.log1p(ratio))
+            # (c + d)^n - c^n = (c + d)^n (1 - exp(-n log1p(d / c))); divided by B^2 via
+            # d / B^2 = s^2. Written so that neither factor is 0 x inf: with B capped near 1
+            # (c ~ 0) the form c^n expm1(n log1p(d / c)) underflowed to 0 times an overflow
+            # (NaN conductances, found by hypothesis); the first factor overflows only when the
+            # variance really is huge, and the cap below keeps it finite (the result is clipped
+            # to the device's range anyway).
+            c_safe = c.clamp_min(1e-30)
+            ratio = torch.where(b < 1e-12, torch.zeros_like(b), d / c_safe)
+            grow = torch.exp(cnt * torch.log(c_safe + d)) * -torch.expm1(-cnt * torch.log1p(ratio))
             b_safe = torch.where(b < 1e-12, torch.ones_like(b), b)
-            var_soft = rate**2 * c.clamp_min(1e-30) ** cnt * grow / b_safe**2
+            var_soft = torch.where(rate == 0, 0.0, rate**2 * grow / b_safe**2)
+            var_soft = var_soft.clamp(max=torch.finfo(dtype).max)
             var = torch.where(b < 1e-12, rate**2 * p.cycle_noise**2 * cnt, var_soft)
         u_n = (mean + var.clamp_min(0.0).sqrt() * xi).clamp(0.0, 1.0)
         x_n = torch.where(up, u_n, 1.0 - u_n)

@@ -239,6 +239,11 @@ def test_unipolar_pcm_pair_saturates_as_predicted():
 # the closed-form pulse sums went NaN. B is now capped below 1 (the device saturates).
 @example(mode="deterministic", scheme="unipolar", n_levels=None, sb=(1.0, 0.0), up_down=0.0,
          noise=0.0, dtod=0.28125, scale=1.0, seed=189)
+# Also found by hypothesis: the same tiny-range device (B capped near 1) with multiplicative cycle
+# noise made the closed-form variance 0 x inf (NaN conductances); it is now computed in a form
+# without that product.
+@example(mode="stochastic", scheme="unipolar", n_levels=None, sb=(1.0, 0.0), up_down=0.0,
+         noise=1.0, dtod=0.28125, scale=1.0, seed=1988)
 def test_bounds_and_levels_hold(mode, scheme, n_levels, sb, up_down, noise, dtod, scale, seed):
     dev = DeviceModel(g_min=1e-6, g_max=G_MAX, g_max_dtod=dtod, name="h", pulse=PulseResponse(
         dw_min=0.02, up_down=up_down, soft_bound_up=sb[0], soft_bound_down=sb[1],

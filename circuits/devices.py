@@ -50,6 +50,8 @@ __all__ = [
     "preset",
     "PRESETS",
     "READ_NOISE_MODES",
+    "check_time",
+    "max_age",
 ]
 
 READ_NOISE_MODES = ("white", "quenched", "ou")
@@ -99,9 +101,25 @@ def _real_tuple(value: Any, name: str, length: int | None = None) -> tuple[float
     return out
 
 
-def check_time(value: Any, name: str = "t_seconds") -> float:
-    """A time in seconds: a finite real number >= 0 (ValueError / TypeError otherwise)."""
-    return _in_range(value, name, 0.0, math.inf)
+def check_time(value: Any, name: str = "t_seconds", high: float = math.inf) -> float:
+    """A time in seconds: a finite real number in [0, high] (ValueError / TypeError otherwise)."""
+    v = _in_range(value, name, 0.0, math.inf)
+    if v > high:
+        raise ValueError(
+            f"{name} must be in [0.0, {high:.6g}] s (the oldest age the drift law and the 1/f "
+            f"noise can represent in this device state's dtype), got {value}"
+        )
+    return v
+
+
+def max_age(dtype: torch.dtype) -> float:
+    """The oldest age (seconds) a device state of `dtype` represents: finfo(dtype).max / 4.
+
+    Ages are held in the state's dtype; the drift law and the 1/f read noise evaluate
+    log(age + t0) and log(age + t0 + t_read), which stay finite below this bound (float32:
+    8.5e37 s, float64: 4.5e307 s). `DeviceArray.drift` rejects anything older.
+    """
+    return float(torch.finfo(dtype).max) / 4.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,8 +215,11 @@ class ReadNoise:
         q = self.q_coeff / ((g_prog.abs() / g_max) ** self.q_exponent).clamp_min(self.q_floor)
         q = q.clamp_max(self.q_max)
         t = age + t0
-        # ln(...) < 0 only for t < t_read (sub-microsecond ages with t0 ~ 0): no noise has built up
-        log_term = torch.log((t + self.t_read) / (2.0 * self.t_read)).clamp_min(0.0)
+        # ln((t + t_read) / (2 t_read)) written as a difference of logs: the quotient overflows
+        # for very old devices (t / 5e-7 s), the difference stays finite for every age
+        # `max_time` admits. < 0 only for t < t_read (sub-microsecond ages with t0 ~ 0): no noise
+        # has built up.
+        log_term = (torch.log(t + self.t_read) - math.log(2.0 * self.t_read)).clamp_min(0.0)
         return self.scale * g.abs() * q * torch.sqrt(log_term)
 
 
@@ -708,6 +729,11 @@ class DeviceArray(nn.Module):
             raise ValueError(f"shape must be a non-empty tuple of ints >= 1, got {shape}")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+        if model.t0 + model.read.t_read > max_age(dtype):
+            raise ValueError(
+                f"model.t0 = {model.t0} s is too large for a {dtype} device state (t0 + t_read "
+                f"must be <= {max_age(dtype):.6g} s)"
+            )
         self.model = model
         self.shape = shape
         self.generator = make_generator(generator, seed)
@@ -813,7 +839,13 @@ class DeviceArray(nn.Module):
         age = self.age
         g = self.g_prog
         if m.drift.kind != "none":
-            g = g * ((age + m.t0) / m.t0) ** (-self.nu)
+            # ((age + t0) / t0)^-nu as exp(-nu ln(1 + age / t0)); for t0 < 4 s the quotient can
+            # overflow at ages near `max_time`, where ln(age) - ln(t0) is the same number
+            log_age = torch.log1p(age / m.t0)
+            log_age = torch.where(
+                torch.isfinite(log_age), log_age, torch.log(age) - math.log(m.t0)
+            )
+            g = g * torch.exp(-(self.nu * log_age))
         g = self._apply_stuck(self._clip(g))
         self.conductance = g
         self.read_sigma = m.read.sigma(g, self.g_prog, age, m.t0, m.g_max)
@@ -846,10 +878,16 @@ class DeviceArray(nn.Module):
         self.t_prog = torch.zeros_like(self.t_prog)
         self._refresh()
 
+    @property
+    def max_time(self) -> float:
+        """The oldest array time (seconds) `drift` accepts: `max_age` of the state's dtype."""
+        return max_age(self.g_prog.dtype)
+
     @torch.no_grad()
     def drift(self, t_seconds: float) -> None:
-        """Advance the array clock to `t_seconds` after the last `program` (>= the current time)."""
-        t = check_time(t_seconds, "t_seconds")
+        """Advance the array clock to `t_seconds` after the last `program` (>= the current time,
+        <= `max_time`: older ages cannot be represented in the state's dtype)."""
+        t = check_time(t_seconds, "t_seconds", self.max_time)
         if t < self._time:
             raise ValueError(
                 f"t_seconds must be >= the current array time {self._time} s (time runs forward; "

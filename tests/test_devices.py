@@ -22,11 +22,14 @@ from analogeq.circuits.devices import (
     ReadNoise,
     ecram,
     ideal,
+    max_age,
     pcm,
     preset,
     rram,
 )
 from analogeq.circuits.noise import OUProcess
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 Z = 5.0
@@ -137,6 +140,67 @@ def test_bad_components_raise():
         ProgrammingNoise(kind="polynomial")
     with pytest.raises(ValueError, match="drift.mu_clip"):
         Drift(kind="pcm", mu_clip=(0.2, 0.1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_ages_beyond_the_drift_law_are_rejected_not_nan(dtype):
+    """Issue 14: PCM drift(1e60) used to be accepted and every read came back NaN (the age
+    overflowed the float32 state to inf; 0 S x inf read noise). Ages the state cannot hold are a
+    ValueError that names the argument and the allowed range; the array is left untouched."""
+    arr = DeviceArray((8, 8), pcm(), seed=0, dtype=dtype)
+    arr.program(torch.linspace(0.0, 25e-6, 64, dtype=dtype).reshape(8, 8))
+    arr.drift(3600.0)
+    before = arr.conductance.clone()
+    limit = arr.max_time
+    assert math.isfinite(limit) and limit > 86400.0 * 365 * 1e6
+    too_old = 1e60 if dtype == torch.float32 else 1e308
+    with pytest.raises(ValueError, match=r"t_seconds must be in \[0.0, .*\] s .*got 1e\+"):
+        arr.drift(too_old)
+    assert arr.time == 3600.0 and torch.equal(arr.conductance, before)
+    arr.drift(limit)  # the largest accepted age is finite everywhere
+    for t in (arr.conductance, arr.read_sigma, arr.read()):
+        assert bool(torch.isfinite(t).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float32, F64]),
+    frac=st.floats(0.0, 1.0),
+    pulse_frac=st.floats(0.0, 1.0),
+    t0=st.sampled_from([1e-3, 0.5, 20.0, 1e4]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_accepted_age_gives_finite_conductances(dtype, frac, pulse_frac, t0, seed):
+    """Any age in [0, max_age] (log-uniform over the dtype's range), with or without a pulse
+    in between (pulsed devices restart their clock), gives finite conductances, read-noise stds
+    and reads."""
+    limit = max_age(dtype)
+    t = 0.0 if frac == 0.0 else math.exp(frac * math.log(limit))
+    t_pulse = pulse_frac * t
+    m = dataclasses.replace(pcm(), t0=t0)
+    arr = DeviceArray((6, 5), m, seed=seed, dtype=dtype)
+    arr.program(torch.linspace(0.0, 25e-6, 30, dtype=dtype).reshape(6, 5))
+    arr.drift(t_pulse)
+    arr.pulse(torch.arange(30).reshape(6, 5) % 3)
+    arr.drift(min(t, limit))
+    for x in (arr.conductance, arr.read_sigma, arr.read()):
+        assert bool(torch.isfinite(x).all())
+    assert bool((arr.conductance >= 0).all())
+
+
+def test_model_drift_rejects_unrepresentable_ages():
+    from analogeq.hardware import HardwareConfig
+    from analogeq.model import EquilibriumTransformer, ModelConfig
+
+    cfg = ModelConfig(vocab_size=8, d_model=8, n_heads=2, context=4)
+    model = EquilibriumTransformer(cfg, hardware=HardwareConfig(device="pcm", seed=0), seed=0)
+    with pytest.raises(ValueError, match="t_seconds must be in"):
+        model.drift(1e60)
+    model.drift(86400.0 * 365 * 1e3)  # a thousand years: representable, finite
+    for analog in model.crossbars().values():
+        for tile in analog.tiles:
+            for arr in (tile.plus, tile.minus):
+                assert bool(torch.isfinite(arr.read()).all())
 
 
 def test_bad_times_raise():

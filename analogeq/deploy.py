@@ -11,12 +11,19 @@ conductances drift as (t / t0)^-nu and its 1/f read noise grows with log t), eac
 evaluation of the task's test split (every batch a new quenched read-noise draw). Accuracy and
 loss are reported per time as mean +- std over the seeds.
 
-Global drift compensation (`compensation=True`; the scheme of IBM aihwkit's
-`GlobalDriftCompensation`). Right after programming each crossbar tile is read once with an
-all-ones input (noise-free reads, so the compensation draws no random numbers); at time t it is
-read again and the tile's digital output scale (its g_ref, siemens per weight unit) is divided by
-the ratio alpha = sum |y(0)| / sum |y(t)|, which undoes the common-mode conductance decay. It
-cannot undo the device-to-device spread of the drift exponents.
+Global drift compensation (`compensation=True`), as IBM aihwkit's code does it
+(`GlobalDriftCompensation` in src/aihwkit/inference/compensation/drift.py, applied by
+`InferenceTileWithPeriphery.drift_weights`): right after programming each crossbar tile is read
+with the one-hot inputs eye(in_size), and the reference is the mean of the absolute outputs,
+clamped below at 1e-4 (`readout`: clamp(mean |y|, min=0.0001); for one-hot inputs mean |y| is
+the mean |W_oi| over the tile). At time t the tile is read again the same way and its output is
+multiplied by alpha = readout(0) / readout(t) (here: the tile's g_ref, siemens per weight unit, is
+divided by alpha), which undoes the common-mode conductance decay. It cannot undo the
+device-to-device spread of the drift exponents. (aihwkit's docstrings still speak of an all-ones
+read; its code has read eye(in_size) since 2022, and the code is what is followed here.)
+One difference: aihwkit reads through the tile's noisy forward pass (read noise, periphery);
+here the reads are noise-free conductance reads without DAC/ADC, so the compensation draws no
+random numbers and a seeded evaluation repeats bit-for-bit.
 """
 
 from __future__ import annotations
@@ -86,9 +93,15 @@ def _tiles(model: Any) -> list[Any]:
     return [tile for layer in hardware_layers(model).values() for tile in layer.analog.tiles]
 
 
+_READOUT_FLOOR = 1e-4  # aihwkit GlobalDriftCompensation.readout: clamp(..., min=0.0001)
+
+
 def _reference_read(tile: Any) -> float:
+    """clamp(mean |y|, 1e-4) over the outputs y = W e_i of the one-hot inputs e_i = eye(in)."""
     w = tile.effective_weight(noisy=False)
-    return float(w.sum(dim=1).abs().sum())  # sum_o |sum_i W_oi * 1|
+    eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+    y = eye @ w.T  # (in, out): row i is the read of input e_i, as aihwkit's eye(in_size) @ W^T
+    return max(float(y.abs().mean()), _READOUT_FLOOR)
 
 
 @torch.no_grad()
@@ -99,10 +112,11 @@ def drift_baseline(model: Any) -> list[tuple[float, float]]:
 
 @torch.no_grad()
 def apply_drift_compensation(model: Any, baseline: list[tuple[float, float]]) -> list[float]:
-    """Rescale every tile's output so its all-ones read matches `baseline` (module docstring).
+    """Rescale every tile's output so its one-hot read matches `baseline` (module docstring).
 
-    Returns the per-tile factors alpha (>= 1 for decaying conductances). A tile whose read is 0
-    (all-zero weights) is left unscaled (alpha 1).
+    Returns the per-tile factors alpha = readout(0) / readout(t) (>= 1 for decaying
+    conductances). Both reads are floored at 1e-4 as in aihwkit, so a tile with all-zero weights
+    gets alpha 1.
     """
     tiles = _tiles(model)
     if len(tiles) != len(baseline):
@@ -112,7 +126,7 @@ def apply_drift_compensation(model: Any, baseline: list[tuple[float, float]]) ->
     for tile, (g_ref0, ref0) in zip(tiles, baseline, strict=True):
         tile.g_ref.fill_(g_ref0)
         cur = _reference_read(tile)
-        alpha = ref0 / cur if cur > 0 and ref0 > 0 else 1.0
+        alpha = ref0 / cur
         tile.g_ref.fill_(g_ref0 / alpha)
         alphas.append(alpha)
     return alphas

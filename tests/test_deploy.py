@@ -4,6 +4,7 @@ against the digital model, time parsing, the evaluate CLI on a small checkpoint.
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,11 +31,17 @@ def ckpt(tmp_path_factory):
 
 
 def _reads(model):
+    """aihwkit's global drift-compensation readout per tile, re-derived from its source
+    (src/aihwkit/inference/compensation/drift.py, `GlobalDriftCompensation.get_readout_tensor`
+    = eye(in_size) and `.readout` = clamp(mean |out|, min=0.0001)), on the noise-free
+    conductances: the outputs of the one-hot inputs are the entries W_oi themselves."""
     out = []
     for lin in model.crossbars().values():
         for tile in lin.tiles:
             gp, gm = tile.plus.conductance, tile.minus.conductance
-            out.append(float(((gp - gm) / tile.g_ref).sum(1).abs().sum()))
+            w = ((gp - gm) / tile.g_ref).double().numpy()
+            outputs = np.eye(w.shape[1]) @ w.T
+            out.append(max(float(np.abs(outputs).mean()), 1e-4))
     return out
 
 
@@ -48,8 +55,35 @@ def test_drift_compensation_restores_the_reference_reads(ckpt):
     assert all(d < b for d, b in zip(drifted, before, strict=True))  # PCM conductances decay
     alphas = apply_drift_compensation(model, base)
     assert all(a > 1 for a in alphas)
+    # alpha = readout(0) / readout(t), aihwkit `BaseDriftCompensation.apply`
+    torch.testing.assert_close(torch.tensor(alphas, dtype=torch.float64),
+                               torch.tensor(before, dtype=torch.float64)
+                               / torch.tensor(drifted, dtype=torch.float64), rtol=1e-5, atol=0)
     torch.testing.assert_close(torch.tensor(_reads(model)), torch.tensor(before), rtol=1e-5,
                                atol=0)
+
+
+def test_drift_compensation_reads_one_hot_means_not_all_ones_sums():
+    """A tile whose rows cancel under an all-ones input (sum_i W_oi = 0) still has a readout:
+    the mean |W_oi| of the one-hot reads. The old all-ones sum read 0 there and left it
+    uncompensated; aihwkit's readout decays with the conductances and is compensated."""
+    from analogeq.circuits import DeviceModel, Drift
+
+    dev = DeviceModel(g_max=25e-6, drift=Drift(kind="constant", nu_mean=0.1), name="drifty")
+    hw = HardwareConfig(device=dev, read_noise="off", tau_spread=0.0, seed=0)
+    cfg = ModelConfig(vocab_size=8, d_model=4, n_heads=2, context=2, ffn_mult=1)
+    model = EquilibriumTransformer(cfg, hardware=hw, seed=0)
+    with torch.no_grad():
+        for p in model.crossbars().values():
+            w = torch.tensor([[1.0, -1.0], [0.5, -0.5]]).repeat(p.out_features // 2,
+                                                                 p.in_features // 2)
+            p.program(w.to(p.g_ref.dtype))
+    base = drift_baseline(model)
+    assert all(ref == pytest.approx(0.75, rel=1e-6) for _, ref in base)  # mean |W_oi|
+    model.drift(1e6)
+    alphas = apply_drift_compensation(model, base)
+    expected = ((1e6 + dev.t0) / dev.t0) ** 0.1  # every conductance decays by the same factor
+    assert alphas == pytest.approx([expected] * len(alphas), rel=1e-5)
 
 
 def test_ideal_chip_without_drift_matches_the_digital_model(ckpt):

@@ -495,7 +495,7 @@ def test_per_sample_gate_drops_failed_nudged_phases_and_respects_min_kept(tmp_pa
 @pytest.mark.parametrize("compensation", [True, False], ids=["compensated", "uncompensated"])
 def test_drift_aware_noise_ages_the_chip_with_or_without_compensation(tmp_path, compensation):
     # Every injection re-programs the chip and ages it to a random time in [1 s, drift_max]; the
-    # tiles' all-ones read then matches the freshly programmed one (compensated) or has decayed
+    # tiles' one-hot read then matches the freshly programmed one (compensated) or has decayed
     # by the PCM drift law (uncompensated; decay (t / t0)^-nu with nu ~ 0.05). Programming and
     # read noise are off (noise 0), so a fresh programming is the same chip before ageing.
     from analogeq import deploy

@@ -28,7 +28,12 @@ Modes.
   ceil(lr max|x_n| max|e_n| / dw)) (BL management: the shortest train that needs no probability
   above 1) and A / B = sqrt(max|e_n| / max|x_n|) (update management: balanced probabilities).
   dw = dw_min (g_max - g_min) / g_ref is the weight change of one nominal pulse. Probabilities
-  are clipped at 1 only when the request needs more than BL pulses (counted as clipped).
+  are clipped at 1 only when the request needs more than BL pulses (counted as clipped); then,
+  as aihwkit's `PulsedUpdateMetaParameter::performUpdateManagement`
+  (src/rpucuda/rpu_pulsed_meta_parameter.cpp) does under update management, max|e_n| is scaled
+  by BL / k (k = lr max|x_n| max|e_n| / dw) before the ratio is taken: the largest x keeps
+  probability 1 exactly and all of the clipping falls on the e (aihwkit's d) side, whose
+  largest probability is k / BL.
   `apply(model, grads, lr)` in this mode factorises each dense gradient by an SVD (grad = sum_k
   s_k u_k v_k^T, factors sqrt(s_k) u_k and sqrt(s_k) v_k, rank up to the numerical rank): the
   gradient was computed digitally anyway; the local path is `apply_factors` with the factors the
@@ -461,7 +466,11 @@ class DeviceUpdater:
             bl_n = torch.full_like(need, float(self.bl))
         base = torch.sqrt(lr / (dw * bl_n))
         if self.update_management:
-            ratio = torch.where(active, torch.sqrt(me / mx.clamp_min(1e-300)), torch.ones_like(mx))
+            # aihwkit performUpdateManagement: "if (k_val > max_BL) d_val *= max_BL / k_val"
+            # (avoid clipping of x): every probability above 1 is then on the e side
+            d_val = torch.where(need > self.bl, me * (self.bl / need.clamp_min(1e-300)), me)
+            ratio = torch.where(active, torch.sqrt(d_val / mx.clamp_min(1e-300)),
+                                torch.ones_like(mx))
         else:
             ratio = torch.ones_like(mx)
         a = torch.where(active, base * ratio, torch.zeros_like(base))

@@ -130,20 +130,37 @@ def max_age(dtype: torch.dtype) -> float:
 class ProgrammingNoise:
     """Error of one programming (program-and-verify) event, drawn once and kept by the device.
 
-    g_prog = g_target + sigma(g_r) N(0, 1),  g_r = max(g_target / g_max, 0), with
+    g_prog = clip(g_target + sigma(g_r) N(0, 1)),  g_r = max(g_target / g_max, 0), with
 
     * kind "none": sigma = 0;
-    * kind "polynomial": sigma = scale * g_max * sum_k coeffs[k] g_r^k (siemens). The coefficients
-      are dimensionless (relative to g_max), so a model keeps its shape when g_max is changed; this
-      is the rescaling aihwkit's PCMLikeNoiseModel applies with `prog_coeff_g_max_reference`.
+    * kind "polynomial": sigma = scale * g_max * |sum_k coeffs[k] g_r^k| (siemens). The
+      coefficients are dimensionless (relative to g_max), so a model keeps its shape when g_max is
+      changed; this is the rescaling aihwkit's PCMLikeNoiseModel applies with
+      `prog_coeff_g_max_reference`. (aihwkit multiplies N(0, 1) by the polynomial itself, so a
+      fit that dips below 0 acts with its absolute value; so does this one.)
+
+    The target is first put on the level grid within [g_min, g_max] (`DeviceModel.quantize`).
+    `clip` says what bounds the written conductance:
+
+    * "zero" (default): clamped at 0 S only, as aihwkit's
+      `PCMLikeNoiseModel.apply_programming_noise_to_conductance` (`g_prog.clamp_(min=0.0)`) and
+      `ReRamWan2022NoiseModel._apply_poly`: a device near g_max keeps the whole error (PCM at
+      g_target = g_max: std 1.055 uS, no bias), and the error can take it above g_max or its own
+      pulse bound (pulses never push it further out, `DeviceArray.pulse`).
+    * "device": the target and the result are clipped to the device's own bounds
+      [g_min_dev, g_max_dev] (a program-and-verify loop that cannot write a device beyond the
+      range it reaches under pulses). Truncates the error near the bounds (PCM at g_max: std
+      0.62 uS and a -0.42 uS bias with g_max_dtod = 0).
     """
 
     kind: str = "none"
     coeffs: tuple[float, ...] = ()
     scale: float = 1.0
+    clip: str = "zero"
 
     def __post_init__(self) -> None:
         _kind(self.kind, "programming.kind", ("none", "polynomial"))
+        _kind(self.clip, "programming.clip", ("zero", "device"))
         object.__setattr__(self, "coeffs", _real_tuple(self.coeffs, "programming.coeffs"))
         if self.kind == "polynomial" and not self.coeffs:
             raise ValueError(
@@ -159,8 +176,8 @@ class ProgrammingNoise:
         poly = torch.zeros_like(g_target)
         for c in reversed(self.coeffs):  # Horner
             poly = poly * g_r + c
-        # a fitted polynomial may dip below 0 outside its range: a std is never negative
-        return (self.scale * g_max) * poly.clamp_min(0.0)
+        # aihwkit draws sig * randn: a fit that dips below 0 acts with |sig|
+        return (self.scale * g_max) * poly.abs()
 
 
 @dataclass(frozen=True)
@@ -846,7 +863,9 @@ class DeviceArray(nn.Module):
                 torch.isfinite(log_age), log_age, torch.log(age) - math.log(m.t0)
             )
             g = g * torch.exp(-(self.nu * log_age))
-        g = self._apply_stuck(self._clip(g))
+        # no clip: g_prog is >= 0 (programming clamps, pulses clip to the device's bounds) and
+        # drift only lowers it
+        g = self._apply_stuck(g)
         self.conductance = g
         self.read_sigma = m.read.sigma(g, self.g_prog, age, m.t0, m.g_max)
         self.version += 1
@@ -855,9 +874,11 @@ class DeviceArray(nn.Module):
     def program(self, g_target: Tensor) -> None:
         """Program every working device to `g_target` (siemens, shape `shape`); restarts the clock.
 
-        The target is clipped to [g_min, g_max], put on the level grid (`n_levels`), clipped to the
-        device's own g_max; the programming error (`ProgrammingNoise`) and the drift exponent nu are
-        drawn now and kept. Stuck devices keep their stuck value (and do not drift).
+        The target is clipped to [g_min, g_max] and put on the level grid (`n_levels`); the
+        programming error (`ProgrammingNoise`) and the drift exponent nu are drawn now and kept.
+        The written conductance is clamped at 0 S (`programming.clip` "zero", aihwkit's rule) or
+        clipped, target and result, to the device's own bounds ("device"). Stuck devices keep
+        their stuck value (and do not drift).
         """
         g_target = self._check_tensor(g_target, "g_target")
         if not bool(torch.isfinite(g_target).all()):
@@ -865,9 +886,13 @@ class DeviceArray(nn.Module):
         m = self.model
         xi_prog = self._draw(self.generator)
         xi_nu = self._draw(self.generator)
-        g_t = torch.minimum(m.quantize(g_target.to(self.g_prog.dtype)), self.g_max_dev)
+        g_t = m.quantize(g_target.to(self.g_prog.dtype))
+        by_device = m.programming.clip == "device"
+        if by_device:
+            g_t = self._clip(g_t)
         sigma = m.programming.sigma(g_t, m.g_max)
-        g_p = self._clip(g_t + sigma * xi_prog)
+        g_p = g_t + sigma * xi_prog
+        g_p = self._clip(g_p) if by_device else g_p.clamp_min(0.0)
         g_p = self._apply_stuck(g_p)
         nu = m.drift.draw(g_t, m.g_max, xi_nu)
         self.g_target = g_t

@@ -13,11 +13,13 @@ quantiles are compared instead of the standard deviation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pytest
 import torch
-from analogeq.circuits import DeviceModel, PulseResponse
+from analogeq.circuits import DeviceArray, DeviceModel, ProgrammingNoise, PulseResponse, pcm, rram
 
 from analogeq.deploy import apply_drift_compensation, drift_baseline
 from analogeq.hardware import HardwareConfig
@@ -32,6 +34,99 @@ REL_STEP = 0.01  # step responses
 
 def _close(got: float, ref: float, rel: float = REL, what: str = "") -> None:
     assert abs(got - ref) <= rel * abs(ref), f"{what}: got {got}, aihwkit {ref}"
+
+
+# ------------------------------------------------------------------------------------------------
+# inference: programming noise, drift, 1/f read noise
+
+
+def _aihwkit_program(g_target_us: np.ndarray, coeffs_us: list[float], g_max_ref: float,
+                     g_max: float, rng: np.random.Generator) -> np.ndarray:
+    """src/aihwkit/inference/noise/pcm.py `PCMLikeNoiseModel.apply_programming_noise_to_conductance`
+    (and reram.py `ReRamWan2022NoiseModel._apply_poly`, the same code): sig_prog =
+    sum_i c_i (g_t / g_max)^i, times g_max / prog_coeff_g_max_reference; g_prog = g_t +
+    sig_prog randn; g_prog.clamp_(min=0.0). Conductances in uS."""
+    mat = 1.0
+    sig = np.full_like(g_target_us, coeffs_us[0])
+    for c in coeffs_us[1:]:
+        mat = mat * g_target_us / g_max
+        sig = sig + mat * c
+    sig = sig * g_max / g_max_ref
+    return np.maximum(g_target_us + sig * rng.standard_normal(g_target_us.shape), 0.0)
+
+
+@pytest.mark.parametrize("device, coeffs, g_max", [
+    (pcm, [0.26348, 1.9650, -1.1731], 25.0),  # PCMLikeNoiseModel default prog_coeff
+    (rram, [0.348, 16.030, -43.853, 45.393, -16.815], 40.0),  # ReRamWan2022 coeff_dic[1.0]
+])
+@pytest.mark.parametrize("g_rel", [0.0, 0.25, 0.5, 1.0])
+def test_programming_noise_is_clamped_at_zero_only(device, coeffs, g_max, g_rel):
+    """At g_target = g_max the PCM error keeps its full std (1.055 uS, mean 0): the device's
+    own bound does not clip it (the old clip at g_max gave 0.62 uS and a -0.42 uS bias)."""
+    m = dataclasses.replace(device(), stuck_at_min=0.0, stuck_at_max=0.0)
+    arr = DeviceArray((N,), m, seed=1, dtype=F64)
+    g_t = g_rel * g_max
+    arr.program(torch.full((N,), g_t * 1e-6, dtype=F64))
+    got = arr.g_prog.numpy() * 1e6
+    ref = _aihwkit_program(np.full(N, g_t), coeffs, g_max, g_max, np.random.default_rng(0))
+    sig = abs(sum(c * g_rel**i for i, c in enumerate(coeffs)))
+    # means compared within 2 % of the larger of the mean and the noise (a mean of 0 uS has no
+    # relative error); stds within 2 %
+    assert abs(got.mean() - ref.mean()) <= REL * max(abs(ref.mean()), sig)
+    _close(got.std(), ref.std(), what=f"std at g/g_max = {g_rel}")
+    assert got.min() >= 0.0
+
+
+def test_clip_to_the_device_bound_is_an_option():
+    m = dataclasses.replace(pcm(), programming=dataclasses.replace(pcm().programming,
+                                                                   clip="device"))
+    arr = DeviceArray((N,), m, seed=1, dtype=F64)
+    arr.program(torch.full((N,), 25e-6, dtype=F64))
+    err = arr.g_prog.numpy() * 1e6 - 25.0
+    # a normal N(0, 1.055) folded at its mean: mean -sigma / sqrt(2 pi), std sigma sqrt(1/2 - 1/2pi)
+    sigma = 0.26348 + 1.9650 - 1.1731
+    _close(err.mean(), -sigma / math.sqrt(2 * math.pi), what="clipped mean")
+    _close(err.std(), sigma * math.sqrt(0.5 - 0.5 / math.pi), what="clipped std")
+    with pytest.raises(ValueError, match="programming.clip"):
+        ProgrammingNoise(clip="gmax")
+
+
+def _aihwkit_drift_and_read(g_target_us: np.ndarray, t_inference: float,
+                            rng: np.random.Generator) -> np.ndarray:
+    """pcm.py `PCMLikeNoiseModel` end to end, g_max 25 uS, t_0 20 s, t_read 250 ns:
+    `apply_programming_noise_to_conductance`, `generate_drift_coefficients`
+        g_relative = clamp(|g_target / g_max|, min=1e-7)
+        mu = clamp(-0.0155 ln g_r + 0.0244, 0.049, 0.1)
+        sig = clamp(-0.0125 ln g_r - 0.0059, 0.008, 0.045)
+        nu = |mu + sig randn|
+    and `apply_drift_noise_to_conductance`
+        t = t_inference + t_0; g_drift = g_prog (t / t_0)^-nu   (if t > t_0)
+        q_s = clamp(0.0088 / clamp((|g_prog| / g_max)^0.65, min=1e-3), max=0.2)
+        sig_noise = q_s sqrt(ln((t + t_read) / (2 t_read)))
+        g_final = clamp(g_drift + |g_drift| sig_noise randn, min=0)."""
+    g_max, t0, t_read = 25.0, 20.0, 250e-9
+    g_prog = _aihwkit_program(g_target_us, [0.26348, 1.9650, -1.1731], 25.0, g_max, rng)
+    g_r = np.maximum(np.abs(g_target_us / g_max), 1e-7)
+    mu = np.clip(-0.0155 * np.log(g_r) + 0.0244, 0.049, 0.1)
+    sig = np.clip(-0.0125 * np.log(g_r) - 0.0059, 0.008, 0.045)
+    nu = np.abs(mu + sig * rng.standard_normal(g_r.shape))
+    t = t_inference + t0
+    g_drift = g_prog * (t / t0) ** (-nu) if t > t0 else g_prog
+    q_s = np.minimum(0.0088 / np.maximum((np.abs(g_prog) / g_max) ** 0.65, 1e-3), 0.2)
+    sig_noise = q_s * np.sqrt(np.log((t + t_read) / (2 * t_read)))
+    return np.maximum(g_drift + np.abs(g_drift) * sig_noise * rng.standard_normal(g_r.shape), 0)
+
+
+@pytest.mark.parametrize("g_rel", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("t", [1.0, 86400.0, 86400.0 * 365])
+def test_pcm_drift_and_read_noise(g_rel, t):
+    arr = DeviceArray((N,), pcm(), seed=2, dtype=F64)
+    arr.program(torch.full((N,), g_rel * 25e-6, dtype=F64))
+    arr.drift(t)
+    got = arr.read().numpy() * 1e6
+    ref = _aihwkit_drift_and_read(np.full(N, g_rel * 25.0), t, np.random.default_rng(1))
+    _close(got.mean(), ref.mean(), what="mean of a read")
+    _close(got.std(), ref.std(), what="std of a read")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ attenuation is computed from the noise-free conductances (a first-order correcti
 until they change. Typical values: r_wire ~ 1 ohm per cell and g_max = 25 uS give ir_drop ~ 2.5e-5.
 
 Updates (`apply_pulses`): a requested weight change becomes per-device pulse counts (see
-`DeviceArray.pulses_for`) and the device's pulse response (step size, asymmetry, soft bounds,
-cycle noise, device-to-device spread) is applied by `DeviceArray.pulse`. Schemes:
+`DeviceArray.pulses_for`) and the device's pulse response (`circuits.pulses`: linear or
+exponential step, asymmetry, soft bounds, cycle noise, device-to-device spread) is applied by
+`DeviceArray.pulse`. Schemes:
 * "unipolar" (default; the only one for devices without down pulses, e.g. PCM): dW > 0
   potentiates G_plus, dW < 0 potentiates G_minus (up pulses only; a pair drifts up in common mode
   until it is re-programmed).
@@ -48,9 +49,9 @@ cycle noise, device-to-device spread) is applied by `DeviceArray.pulse`. Schemes
   lower G_plus or raise G_minus). Each device pair takes it on the device whose nominal step in
   that direction, at its current conductance and limited by the room to its bound, is larger; on
   a tie the device is lowered (so one device of a pair keeps sitting near g_min). A lowering
-  larger than the room to g_min continues as a raise of the other device. With soft bounds a
-  device near g_min has tiny down steps, so changes then go to raising the other device: the
-  more effective and more precise choice.
+  larger than the room to the device's own lower bound continues as a raise of the other device.
+  With soft bounds a device near its lower bound has tiny down steps, so changes then go to
+  raising the other device: the more effective and more precise choice.
 """
 
 from __future__ import annotations
@@ -405,9 +406,8 @@ class Crossbar(nn.Module):
         if scheme == "unipolar":
             d_plus, d_minus = inc, dec
         else:
-            g_min = self.device_model.g_min
-            room_minus = (self.minus.conductance - g_min).clamp_min(0.0)
-            room_plus = (self.plus.conductance - g_min).clamp_min(0.0)
+            room_minus = (self.minus.conductance - self.minus.g_min_dev).clamp_min(0.0)
+            room_plus = (self.plus.conductance - self.plus.g_min_dev).clamp_min(0.0)
             # dW > 0: lower G_minus where its down step is at least G_plus's up step
             lower_m = self.minus.nominal_step(up=False) >= self.plus.nominal_step(up=True)
             lower_minus = torch.where(

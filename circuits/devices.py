@@ -7,18 +7,25 @@ be printed, compared, saved and swept. Presets `ideal()`, `pcm()`, `rram()`, `ec
 source of every number; `preset(name)` looks one up by name.
 
 A `DeviceArray` is the state of one physical array of such devices (e.g. the G_plus half of a
-crossbar tile). Following STYLE.md ("a device keeps its own history"), every random property is
-drawn once and stored:
+crossbar tile). A device keeps its own history: every random property is drawn once and stored:
 
-* at construction (manufacturing): the per-device maximum conductance (device-to-device spread),
-  the per-device pulse step sizes and up/down bias, and the stuck-at faults;
+* at construction (manufacturing): the per-device bounds (device-to-device spread of both, about
+  the pulse response's reference point), the per-device pulse step scales and up/down bias, and
+  the stuck-at faults;
 * at `program` (a programming event): the programming error and the drift exponent nu;
 * only read noise is drawn at read time (it is a read-time process), from the array's own stream,
-  white (fresh each read), quenched (frozen for a settle) or time-correlated (`OUProcess`).
+  white (fresh each read), quenched (frozen for a settle) or time-correlated (`OUProcess`);
+* pulses draw their cycle-to-cycle noise from the array's stream when they are applied.
 
-The draws are always made, in a fixed order, whatever the model's parameters, so two arrays built
-with the same seed see the same underlying random numbers under different device models (common
-random numbers: an ablation changes one effect, not the whole noise pattern).
+The manufacturing and programming draws are always made, in a fixed order, whatever the model's
+parameters, so two arrays built with the same seed see the same underlying random numbers under
+different device models (common random numbers: an ablation changes one effect, not the whole
+noise pattern). Pulses are the exception: the linear step draws once per call, the exponential
+step once per pulse slot.
+
+How a pulse moves a device is the job of its pulse response (`circuits.pulses`:
+`PulseResponse`, the linear step; `ExpStepResponse`, the exponential step); `DeviceArray` only
+keeps the per-device parameters, the bounds and the bookkeeping.
 
 Units: conductances in siemens, times in seconds. Pulse step sizes are fractions of the nominal
 conductance range g_max - g_min.
@@ -34,7 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import _in_range, _kind, _real, _real_tuple
 from .noise import OUProcess, derive_generator, make_generator, rand, randn
+from .pulses import PULSE_LAWS, ExpStepResponse, PulseDevices, PulseResponse
 
 __all__ = [
     "DeviceModel",
@@ -42,6 +51,7 @@ __all__ = [
     "ReadNoise",
     "Drift",
     "PulseResponse",
+    "ExpStepResponse",
     "DeviceArray",
     "ideal",
     "pcm",
@@ -55,51 +65,6 @@ __all__ = [
 ]
 
 READ_NOISE_MODES = ("white", "quenched", "ou")
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-
-
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return v
-
-
-def _in_range(
-    value: Any, name: str, lo: float, hi: float, *, lo_open=False, hi_open=False
-) -> float:
-    v = _real(value, name)
-    bad_lo = v <= lo if lo_open else v < lo
-    bad_hi = v >= hi if hi_open else v > hi
-    if bad_lo or bad_hi:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value}")
-    return v
-
-
-def _kind(value: Any, name: str, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{name} must be a string, one of {list(allowed)}, got {type(value).__name__}"
-        )
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def _real_tuple(value: Any, name: str, length: int | None = None) -> tuple[float, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{name} must be a sequence of real numbers, got {type(value).__name__}")
-    out = tuple(_real(v, f"{name}[{i}]") for i, v in enumerate(value))
-    if length is not None and len(out) != length:
-        raise ValueError(f"{name} must have {length} entries, got {len(out)}")
-    return out
-
 
 def check_time(value: Any, name: str = "t_seconds", high: float = math.inf) -> float:
     """A time in seconds: a finite real number in [0, high] (ValueError / TypeError otherwise)."""
@@ -299,85 +264,11 @@ class Drift:
         return self.scale * (mu + sig * xi).abs()
 
 
-@dataclass(frozen=True)
-class PulseResponse:
-    """Response of a device to one update pulse (the "update once" of aihwkit's pulsed devices).
-
-    Positions are normalized to each device's own range, x = (G - g_min) / (g_max_dev - g_min), and
-    steps are fractions of the nominal range g_max - g_min. Per device (drawn once):
-    dw = dw_min (1 + dw_min_dtod xi), beta = up_down + up_down_dtod xi',
-    dw_up = dw (1 + beta), dw_down = dw (1 - beta) (aihwkit's `PulsedDevice.up_down` convention).
-    The step of one pulse at position x, in the linear-step form of aihwkit's `LinearStepDevice`:
-
-        up:   dw_up   (1 - soft_bound_up   (x - x_ref) / (1 - x_ref))
-        down: dw_down (1 - soft_bound_down (x_ref - x) / x_ref)
-
-    with x_ref = `reference_point`: the step equals dw_up / dw_down at x_ref and shrinks linearly
-    toward the bound it moves to, to (1 - soft_bound) of that value at the bound. soft_bound = 0 is
-    a constant step with hard bounds, soft_bound = 1 is the soft-bounds device (the step vanishes at
-    the bound). Cycle-to-cycle noise: each pulse's step is multiplied by (1 + cycle_noise xi)
-    ("multiplicative") or gets cycle_noise * dw_dir * xi added ("additive", aihwkit's
-    `mult_noise=False`). Conductances are clipped to [g_min, g_max_dev] after every update.
-    `bidirectional=False` marks a device that only accepts up (potentiating) pulses, such as PCM
-    (gradual SET, abrupt RESET).
-    """
-
-    dw_min: float = 1e-3
-    up_down: float = 0.0
-    soft_bound_up: float = 0.0
-    soft_bound_down: float = 0.0
-    reference_point: float = 0.5
-    cycle_noise: float = 0.0
-    cycle_noise_kind: str = "multiplicative"
-    dw_min_dtod: float = 0.0
-    up_down_dtod: float = 0.0
-    bidirectional: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "dw_min", _in_range(self.dw_min, "pulse.dw_min", 0, 0.5, lo_open=True)
-        )
-        v = _in_range(self.up_down, "pulse.up_down", -1, 1, lo_open=True, hi_open=True)
-        object.__setattr__(self, "up_down", v)
-        for name in ("soft_bound_up", "soft_bound_down"):
-            object.__setattr__(self, name, _in_range(getattr(self, name), f"pulse.{name}", 0, 1))
-        v = _in_range(
-            self.reference_point, "pulse.reference_point", 0, 1, lo_open=True, hi_open=True
-        )
-        object.__setattr__(self, "reference_point", v)
-        for name in ("cycle_noise", "dw_min_dtod", "up_down_dtod"):
-            object.__setattr__(
-                self, name, _in_range(getattr(self, name), f"pulse.{name}", 0, math.inf)
-            )
-        _kind(self.cycle_noise_kind, "pulse.cycle_noise_kind", ("multiplicative", "additive"))
-        if not isinstance(self.bidirectional, bool):
-            raise TypeError(
-                f"pulse.bidirectional must be a bool, got {type(self.bidirectional).__name__}"
-            )
-
-    def linear_coeffs(
-        self, dw_up: Tensor, dw_down: Tensor, k: Tensor | float
-    ) -> tuple[Tensor, ...]:
-        """Coefficients of the step as an affine function of the distance-to-travel coordinate.
-
-        Up pulses act on u = x, down pulses on u = 1 - x; in both cases one pulse moves u by
-        A - B u (units of the device's own range; `k` = nominal range / device range converts the
-        nominal-range step sizes). Returns (A_up, B_up, A_down, B_down).
-        """
-        r = self.reference_point
-        gu, gd = self.soft_bound_up, self.soft_bound_down
-        a_up = dw_up * k * (1.0 + gu * r / (1.0 - r))
-        b_up = dw_up * k * (gu / (1.0 - r))
-        a_dn = dw_down * k * (1.0 - gd + gd / r)
-        b_dn = dw_down * k * (gd / r)
-        return a_up, b_up, a_dn, b_dn
-
-
 _COMPONENTS = {
     "programming": ProgrammingNoise,
     "read": ReadNoise,
     "drift": Drift,
-    "pulse": PulseResponse,
+    "pulse": PULSE_LAWS,
 }
 
 
@@ -394,11 +285,18 @@ class DeviceModel:
         drift: `Drift` (power law in time, nu drawn once per programming).
         t0: reference time (seconds) of the drift law and the 1/f noise: the first read after
             programming (aihwkit's `t_0`), > 0.
-        g_max_dtod: device-to-device spread of the maximum conductance, relative std of g_max
-            (drawn once per device at construction; a device cannot be set above its own g_max).
+        g_max_dtod, g_min_dtod: device-to-device spreads of each device's upper and lower
+            bound (aihwkit's `w_max_dtod`, `w_min_dtod`): relative std of the distance from the
+            pulse response's reference point (where aihwkit's weight is 0,
+            g_min + pulse.reference_point (g_max - g_min)) to the nominal g_max / g_min. Drawn
+            once per device at construction (`DeviceArray.g_max_dev`, `.g_min_dev`); pulses keep
+            a device inside its own bounds, programming does so only with
+            `programming.clip="device"`. A lower bound below 0 S stops at 0 S.
         stuck_at_min, stuck_at_max: fault rates in [0, 1] with sum <= 1: the fraction of devices
-            stuck at g_min / at their g_max (drawn once; they ignore programming and pulses).
-        pulse: `PulseResponse` (update pulses).
+            stuck at their own lower / upper bound (drawn once; they ignore programming and
+            pulses).
+        pulse: `PulseResponse` (linear step) or `ExpStepResponse` (exponential step): the
+            response to update pulses (`circuits.pulses`).
         name: label.
     """
 
@@ -410,9 +308,10 @@ class DeviceModel:
     drift: Drift = field(default_factory=Drift)
     t0: float = 20.0
     g_max_dtod: float = 0.0
+    g_min_dtod: float = 0.0
     stuck_at_min: float = 0.0
     stuck_at_max: float = 0.0
-    pulse: PulseResponse = field(default_factory=PulseResponse)
+    pulse: PulseResponse | ExpStepResponse = field(default_factory=PulseResponse)
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -434,11 +333,12 @@ class DeviceModel:
         for name, cls in _COMPONENTS.items():
             if not isinstance(getattr(self, name), cls):
                 got = type(getattr(self, name)).__name__
-                raise TypeError(f"{name} must be a {cls.__name__}, got {got}")
+                want = " or ".join(c.__name__ for c in cls) if isinstance(cls, tuple) else (
+                    cls.__name__)
+                raise TypeError(f"{name} must be a {want}, got {got}")
         object.__setattr__(self, "t0", _in_range(self.t0, "t0", 0, math.inf, lo_open=True))
-        object.__setattr__(
-            self, "g_max_dtod", _in_range(self.g_max_dtod, "g_max_dtod", 0, math.inf)
-        )
+        for name in ("g_max_dtod", "g_min_dtod"):
+            object.__setattr__(self, name, _in_range(getattr(self, name), name, 0, math.inf))
         smin = _in_range(self.stuck_at_min, "stuck_at_min", 0, 1)
         smax = _in_range(self.stuck_at_max, "stuck_at_max", 0, 1)
         if smin + smax > 1:
@@ -452,6 +352,12 @@ class DeviceModel:
     def g_range(self) -> float:
         """Nominal conductance range g_max - g_min (siemens)."""
         return self.g_max - self.g_min
+
+    @property
+    def g_w0(self) -> float:
+        """Conductance (siemens) of the pulse response's reference point, where aihwkit's device
+        weight is 0: g_min + pulse.reference_point (g_max - g_min)."""
+        return self.g_min + self.pulse.reference_point * self.g_range
 
     def level_grid(self, dtype: torch.dtype = torch.float64) -> Tensor | None:
         """The programmable levels (siemens), shape (n_levels,), or None for a continuous device."""
@@ -488,53 +394,70 @@ class DeviceModel:
 def ideal() -> DeviceModel:
     """An ideal device: exact programming, no noise, drift, spread or faults; continuous levels.
 
-    Conductance scale g_max = 25 uS, g_min = 0: the same range as `pcm()` (so presets compare
-    directly); an ideal crossbar is scale-free, W = (G_plus - G_minus) / g_ref.
-    Pulse response: constant step dw_min = 1e-4 of the range, symmetric, noise-free. This is the
-    step of aihwkit's `IdealizedPresetDevice` (dw_min = 0.0002 on the weight range [-1, 1], i.e.
-    1e-4 of the range, "10000 states"; after Gokmen & Vlasov, Front. Neurosci. 2016, and Rasch,
-    Gokmen & Haensch, IEEE Design & Test 2019), with its device-to-device and cycle-to-cycle
-    spreads at 0.
+    * g_min = 0, g_max = 25 uS: no source; the range of `pcm()`, so that presets compare
+      directly (an ideal crossbar is scale-free, W = (G_plus - G_minus) / g_ref).
+    * pulse response: constant step dw_min = 1e-4 of the range, symmetric, noise-free: the step
+      of aihwkit's `IdealizedPresetDevice` (src/aihwkit/simulator/presets/devices.py; dw_min =
+      0.0002 on the weight range [-1, 1], i.e. 1e-4 of the range, "10000 states"; after Gokmen &
+      Vlasov, Front. Neurosci. 2016, and Rasch, Gokmen & Haensch, IEEE Design & Test 2019), with
+      its reference point w = 0 at mid-range (reference_point 0.5) and with its device-to-device
+      and cycle-to-cycle spreads (0.3 each in the preset) set to 0: this preset is ideal.
+    * t0 = 20 s: the `DeviceModel` default; unused (no drift, no 1/f noise).
     """
     return DeviceModel(
         g_min=0.0,
         g_max=25e-6,
-        pulse=PulseResponse(dw_min=1e-4),
+        pulse=PulseResponse(dw_min=1e-4, reference_point=0.5),
         name="ideal",
     )
 
 
 _PCM_PROG_COEFFS_US = (0.26348, 1.9650, -1.1731)  # uS, for g_max = 25 uS (aihwkit prog_coeff)
 _PCM_G_MAX = 25e-6
+_PCM_W_RANGE = 2.0  # aihwkit PCMPresetDevice weight range [w_min, w_max] = [0, 2]
 
 
 def pcm() -> DeviceModel:
-    """Phase-change memory: the statistical model of Nandakumar et al. (ICECS 2019) and Joshi et al.
-    (Nat. Commun. 11, 2473, 2020), as implemented in IBM aihwkit's `PCMLikeNoiseModel`
-    (aihwkit/inference/noise/pcm.py), mirrored number for number:
+    """Phase-change memory, every number from IBM aihwkit's source.
 
-    * g_min = 0, g_max = 25 uS: aihwkit's default
-      `SinglePairConductanceConverter(g_max=25, g_min=0)`
-      and the g_max the PCM fits are referenced to (`prog_coeff_g_max_reference = 25`).
+    Inference (programming, drift, read): the statistical model of Nandakumar et al. (ICECS 2019)
+    and Joshi et al. (Nat. Commun. 11, 2473, 2020) as implemented in aihwkit's
+    `PCMLikeNoiseModel` (src/aihwkit/inference/noise/pcm.py):
+
+    * g_min = 0, g_max = 25 uS: aihwkit's default `SinglePairConductanceConverter(g_max=25,
+      g_min=0)` and the g_max the PCM fits are referenced to (`prog_coeff_g_max_reference = 25`).
     * programming noise sigma = (0.26348 + 1.9650 g_r - 1.1731 g_r^2) uS, g_r = g_target / g_max
-      (aihwkit `prog_coeff = [0.26348, 1.9650, -1.1731]`); stored relative to g_max (coefficients
-      / 25 uS).
-    * drift g(t) = g_prog ((t + t0) / t0)^(-nu), t0 = 20 s (aihwkit `t_0 = 20`), nu = |N(mu, sigma)|
+      (`prog_coeff = [0.26348, 1.9650, -1.1731]`), stored relative to g_max (coefficients /
+      25 uS); the written conductance is clamped at 0 S only (`apply_programming_noise_to_
+      conductance`: `g_prog.clamp_(min=0.0)`).
+    * drift g(t) = g_prog ((t + t0) / t0)^(-nu), t0 = 20 s (`t_0 = 20`), nu = |N(mu, sigma)|
       drawn once per device, mu = clip(-0.0155 ln g_r + 0.0244, 0.049, 0.1),
-      sigma = clip(-0.0125 ln g_r - 0.0059, 0.008, 0.045), g_r floored at 1e-7 (aihwkit
-      `generate_drift_coefficients`, `_ZERO_CLIP = 1e-7`).
+      sigma = clip(-0.0125 ln g_r - 0.0059, 0.008, 0.045), g_r floored at 1e-7
+      (`generate_drift_coefficients`, `_ZERO_CLIP = 1e-7`).
     * 1/f read noise q = min(0.0088 / max(g_r^0.65, 1e-3), 0.2), sigma_read = q sqrt(ln((t + t_read)
       / (2 t_read))), t_read = 250 ns, applied as g(t) + |g(t)| sigma_read N(0, 1) with t the time
-      since programming plus t0 (aihwkit `apply_drift_noise_to_conductance`).
-    * g_max_dtod = 0 and no stuck-at faults: the programming-noise fit was measured after iterative
-      program-and-verify on ~1M devices, so device-to-device differences are already inside sigma;
-      the sources give no fault rate (set `stuck_at_*` for fault studies).
-    * pulse response (in-situ updates), from aihwkit's `PCMPresetDevice` (an `ExpStepDevice` fit to
-      Nandakumar et al., Front. Neurosci. 2020): dw_min = 0.01 on the weight range [0, 2], i.e.
-      0.005 of the range; device-to-device spread of dw_min 0.2, up/down spread 0.05, cycle-to-cycle
-      noise 0.6 (relative, multiplicative); unidirectional (only gradual SET pulses, so a pair is
-      updated by potentiating G_plus or G_minus). The exponential saturation of the SET step is
-      approximated here by a full soft bound toward g_max (reference point mid-range).
+      since programming plus t0 (`apply_drift_noise_to_conductance`).
+    * n_levels None (continuous), no stuck-at faults: the noise model has no levels and gives
+      no fault rate (set `stuck_at_*` for fault studies).
+
+    Update pulses: aihwkit's `PCMPresetDevice` (src/aihwkit/simulator/presets/devices.py; an
+    `ExpStepDevice` fit to Nandakumar et al., Front. Neurosci. 2020), its weight range [0, 2]
+    mapped onto [g_min, g_max] (the mapping is ours: the pulse fit is in weight units):
+
+    * `ExpStepResponse` with es_a = -1, es_b = 0, es_gamma_up = es_gamma_down = 2.5,
+      es_A_up = -27.235, es_A_down = -2.235 (preset `a`, `b`, `gamma_*`, `A_*`): one up pulse
+      at x = G / g_max moves dw_min (1 + 27.235 exp(-5 x)) of the range, 0.141 at x = 0, 0.044 at
+      x = 0.25, 0.0059 at x = 1.
+    * dw_min = 0.01 on the width-2 range -> 0.005; up_down = 0; reference_point = 0 (w_min = 0).
+    * device-to-device: dw_min_dtod 0.2, up_down_dtod 0.05, w_max_dtod 0.1 -> g_max_dtod 0.1,
+      w_min_dtod 0 -> g_min_dtod 0.
+    * cycle-to-cycle: dw_min_std 0.6 -> cycle_noise 0.6, with the complex noise
+      dw_min_std_add 0.042 -> cycle_noise_add 0.042 / 2 = 0.021 and dw_min_std_slope 0.108 ->
+      cycle_noise_slope 0.108.
+    * unidirectional (bidirectional=False): aihwkit uses the preset inside a one-sided unit
+      cell (`PCMPresetUnitCell`), gradual SET only, so a pair is updated by potentiating G_plus
+      or G_minus. The preset's write noise (0) is not needed; its reset (`reset` 0.01,
+      `reset_dtod` 0.02) is not modelled: devices are re-programmed, not reset.
     """
     return DeviceModel(
         g_min=0.0,
@@ -554,16 +477,23 @@ def pcm() -> DeviceModel:
             g_r_floor=1e-7,
         ),
         t0=20.0,
-        g_max_dtod=0.0,
-        pulse=PulseResponse(
-            dw_min=0.005,
-            soft_bound_up=1.0,
-            soft_bound_down=0.0,
-            reference_point=0.5,
-            cycle_noise=0.6,
-            cycle_noise_kind="multiplicative",
+        g_max_dtod=0.1,
+        g_min_dtod=0.0,
+        pulse=ExpStepResponse(
+            dw_min=0.01 / _PCM_W_RANGE,
+            up_down=0.0,
+            reference_point=0.0,
+            es_a=-1.0,
+            es_b=0.0,
+            es_gamma_up=2.5,
+            es_gamma_down=2.5,
+            es_A_up=-27.235,
+            es_A_down=-2.235,
             dw_min_dtod=0.2,
             up_down_dtod=0.05,
+            cycle_noise=0.6,
+            cycle_noise_add=0.042 / _PCM_W_RANGE,
+            cycle_noise_slope=0.108,
             bidirectional=False,
         ),
         name="pcm",
@@ -576,28 +506,42 @@ _RRAM_G_MAX = 40e-6
 
 
 def rram() -> DeviceModel:
-    """Resistive RAM (HfO2-type filamentary), from two published fits used by IBM aihwkit:
+    """Resistive RAM (HfO2-type filamentary), from two published fits used by IBM aihwkit.
 
     Programming and reading (inference), aihwkit's `ReRamWan2022NoiseModel`
-    (aihwkit/inference/noise/reram.py; Wan et al., Nature 608, 504, 2022):
+    (src/aihwkit/inference/noise/reram.py; Wan et al., Nature 608, 504, 2022):
+
     * g_max = 40 uS: the g_max the polynomial is referenced to; g_min = 0 (aihwkit's
       `SinglePairConductanceConverter` default).
     * programming noise sigma = (0.348 + 16.030 g_r - 43.853 g_r^2 + 45.393 g_r^3 - 16.815 g_r^4) uS
-      (the t = 1 s fit of the model), stored relative to g_max (coefficients / 40 uS).
+      (the t = 1 s fit of the model), stored relative to g_max (coefficients / 40 uS); clamped at
+      0 S only (`_apply_poly`).
     * read noise: additive Gaussian with std 1 % of g_max, the "short-term read noise (about 1%)"
       that the model's docstring tells users to add (`w_noise = 0.01`, additive constant).
-    * no drift (ReRAM "does not show drift in the usual sense", same docstring); no fault rate.
+    * no drift (ReRAM "does not show drift in the usual sense", same docstring; the model's 1-day
+      and 2-day polynomials of long-term variation are not modelled), so t0 = 20 s (the
+      `DeviceModel` default) is unused. n_levels None and no fault rate: the source gives none
+      (aihwkit's `ReRamArrayOMPresetDevice` cites 13.5 % corrupt devices for one measured array,
+      but leaves them off by default, as here).
 
-    Pulse response (in-situ updates), aihwkit's `ReRamSBPresetDevice` (a `SoftBoundsReferenceDevice`
-    fit to Gong et al., Nat. Commun. 9, 2102, 2018), mapped onto `PulseResponse`:
-    * weight range [-0.75, 1.25] (width 2): dw_min = 0.002 -> 0.001 of the range; the symmetry point
-      w = 0 sits at x_ref = 0.75 / 2 = 0.375; full soft bounds both ways (soft_bound = 1);
-      up_down = 0.
-    * dw_min_dtod = 0.3, up_down_dtod = 0.01, cycle-to-cycle dw_min_std = 3.75 (additive:
-      `mult_noise = False`).
-    * w_max_dtod = 0.3 / 1.25 (relative to w_max = 1.25, i.e. 0.3 in weight units) -> 0.3 / 2 = 0.15
-      of the range: g_max_dtod = 0.15. (The preset's spread of the lower bound and its write noise
-      `write_noise_std` are not modelled.)
+    Update pulses, aihwkit's `ReRamSBPresetDevice` (src/aihwkit/simulator/presets/devices.py; a
+    `SoftBoundsReferenceDevice` fit to Gong et al., Nat. Commun. 9, 2102, 2018), its weight range
+    [-0.75, 1.25] (width 2) mapped onto [g_min, g_max]:
+
+    * dw_min = 0.002 -> 0.001 of the range; up_down = 0; w = 0 at reference_point
+      0.75 / 2 = 0.375 (15 uS).
+    * full soft bounds toward each device's own bounds (soft_bound_up = soft_bound_down = 1,
+      mean_bound_reference=False: `update_once_mult/add` in rpu_softbounds_reference_device.cpp
+      divide by the device's max_bound / min_bound).
+    * device-to-device: dw_min_dtod 0.3, up_down_dtod 0.01, w_max_dtod 0.3 / 1.25 -> g_max_dtod
+      0.24, w_min_dtod 0.3 / 0.75 -> g_min_dtod 0.4 (both bounds spread about w = 0: the
+      symmetry point (scale_up - scale_down) / (scale_up / w_max - scale_down / w_min) spreads
+      with the up/down asymmetry only, 0.0046 of the range between its 16 % and 84 %
+      quantiles / 2). A lower bound below 0 S (half of the devices: 0.375 (1 + 0.4 xi) of the
+      range below 15 uS) stops at 0 S; the soft bound keeps aihwkit's.
+    * cycle-to-cycle: dw_min_std 3.75, additive (`mult_noise = False`).
+    * not modelled: the write noise `write_noise_std` 56 and the reference device (the preset
+      leaves `reference_mean`, `reference_std` 0 and `subtract_symmetry_point` False).
     """
     return DeviceModel(
         g_min=0.0,
@@ -608,13 +552,15 @@ def rram() -> DeviceModel:
         read=ReadNoise(kind="gaussian", std=0.01),
         drift=Drift(kind="none"),
         t0=20.0,
-        g_max_dtod=0.15,
+        g_max_dtod=0.3 / 1.25,
+        g_min_dtod=0.3 / 0.75,
         pulse=PulseResponse(
-            dw_min=0.001,
+            dw_min=0.002 / 2.0,
             up_down=0.0,
             soft_bound_up=1.0,
             soft_bound_down=1.0,
-            reference_point=0.375,
+            mean_bound_reference=False,
+            reference_point=0.75 / 2.0,
             cycle_noise=3.75,
             cycle_noise_kind="additive",
             dw_min_dtod=0.3,
@@ -626,33 +572,37 @@ def rram() -> DeviceModel:
 
 
 def ecram() -> DeviceModel:
-    """Lithium-based electrochemical RAM, from aihwkit's `EcRamPresetDevice` (a `LinearStepDevice`
-    fit to Tang et al., IEDM 2018, "ECRAM as scalable synaptic cell for high-speed, low-power
-    neuromorphic computing"), mapped onto `PulseResponse`:
+    """Lithium-based electrochemical RAM, from aihwkit's `EcRamPresetDevice`
+    (src/aihwkit/simulator/presets/devices.py; a `LinearStepDevice` fit to Tang et al., IEDM
+    2018, "ECRAM as scalable synaptic cell for high-speed, low-power neuromorphic computing"),
+    its weight range [-0.8276, 1.1724] (width 2) mapped onto [g_min, g_max]:
 
-    * weight range [-0.8276, 1.1724] (width 2): dw_min = 0.002 -> 0.001 of the range; the zero
-      weight (where the preset's steps equal dw_min) sits at x_ref = 0.8276 / 2 = 0.4138;
-    * linear step slopes gamma_up = 0.1153, gamma_down = 0.5085 -> soft_bound_up / soft_bound_down
-      (the step at the upper / lower bound is (1 - gamma) of its value at x_ref: aihwkit's
-      `LinearStepDevice` rule); up_down = 0 (the preset is "shifted onto range").
-    * dw_min_dtod = 0.1, up_down_dtod = 0.01, cycle-to-cycle dw_min_std = 0.3 multiplicative
-      (`mult_noise = True`).
-    * w_max_dtod = 0.05 relative to w_max = 1.1724 -> 0.05 * 1.1724 / 2 = 0.0293 of the range:
-      g_max_dtod = 0.0293. (The spreads of gamma and of the lower bound are not modelled.)
-    * no programming noise, read noise, drift or fault rate is given by the source: all off.
-    * conductance scale: the pulse fit is in normalized weight units and gives no conductance
-      range; g_min = 0, g_max = 25 uS is chosen equal to `pcm()` so presets compare directly. Every
-      effect modelled here is relative to the range, so the scale only sets absolute currents.
+    * dw_min = 0.002 -> 0.001 of the range; up_down = 0 (the preset is "shifted onto range");
+      w = 0 at reference_point 0.8276 / 2 = 0.4138.
+    * linear step slopes gamma_up = 0.1153, gamma_down = 0.5085 -> soft_bound_up /
+      soft_bound_down, relative to the nominal bounds (`mean_bound_reference = True`): the step
+      at the upper / lower bound is (1 - gamma) of its value at w = 0.
+    * device-to-device: dw_min_dtod 0.1, up_down_dtod 0.01, w_max_dtod 0.05 -> g_max_dtod 0.05,
+      w_min_dtod 0.05 -> g_min_dtod 0.05 (both bounds spread about w = 0; a lower bound below
+      0 S stops at 0 S). Not modelled: the spreads of gamma (`gamma_*_dtod` 0.05).
+    * cycle-to-cycle: dw_min_std 0.3, multiplicative (`mult_noise = True`); write noise 0.
+    * no programming noise, read noise, drift, levels or fault rate is given by the source: all
+      off (t0 = 20 s, the `DeviceModel` default, is unused).
+    * conductance scale: no source (the pulse fit is in weight units); g_min = 0, g_max = 25 uS
+      is chosen equal to `pcm()` so presets compare directly. Every effect modelled here is
+      relative to the range, so the scale only sets absolute currents.
     """
     return DeviceModel(
         g_min=0.0,
         g_max=25e-6,
-        g_max_dtod=0.05 * 1.1724 / 2.0,
+        g_max_dtod=0.05,
+        g_min_dtod=0.05,
         pulse=PulseResponse(
-            dw_min=0.001,
+            dw_min=0.002 / 2.0,
             up_down=0.0,
             soft_bound_up=0.1153,
             soft_bound_down=0.5085,
+            mean_bound_reference=True,
             reference_point=0.8276 / 2.0,
             cycle_noise=0.3,
             cycle_noise_kind="multiplicative",
@@ -685,33 +635,24 @@ def preset(name: str) -> DeviceModel:
 _NOT_STUCK, _STUCK_MIN, _STUCK_MAX = 0, 1, 2
 
 
-# Largest per-pulse soft-bound coefficient B (see `DeviceArray.pulse`).
-_B_MAX = 1.0 - 1e-9
-
-
-def _pulse_sums(b: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
-    """S = sum_{k<n} (1-b)^k = (1 - (1-b)^n) / b and Q = sum_{k<n} (1-b)^{2k}, elementwise; both
-    tend to n as b -> 0 (computed with expm1/log1p so small b loses no precision)."""
-    small = b < 1e-12
-    bs = torch.where(small, torch.ones_like(b), b)
-    log1m = torch.log1p(-bs)
-    s = -torch.expm1(n * log1m) / bs
-    q = -torch.expm1(2.0 * n * log1m) / (-torch.expm1(2.0 * log1m))
-    return torch.where(small, n, s), torch.where(small, n, q)
-
-
 class DeviceArray(nn.Module):
     """State of one array of devices of a `DeviceModel` (tensors of shape `shape`, in siemens/s).
 
     Buffers (all of shape `shape` unless noted):
-        g_target: the conductance last asked for (after level quantization and the device bound).
+        g_target: the conductance last asked for (after level quantization, and the device's
+            bounds with `programming.clip="device"`).
         g_prog: the conductance as written (target + programming error, or after pulses).
         prog_error: g_prog - g_target of the last programming event.
         nu: drift exponent (drawn at programming).
         t_prog: array-clock time (s) the device was last written (program or pulse).
-        g_max_dev: the device's own maximum conductance (device-to-device spread).
-        dw_up, dw_down: the device's pulse steps at the reference point (fractions of the range).
-        stuck: int8 code, 0 = working, 1 = stuck at g_min, 2 = stuck at g_max_dev.
+        g_min_dev, g_max_dev: the device's own bounds (siemens; device-to-device spread,
+            `DeviceModel.g_min_dtod` / `g_max_dtod`; g_min_dev >= 0).
+        w_min_bound, w_max_bound: the same bounds as the pulse law sees them, relative to the
+            reference point in units of the nominal range (aihwkit's `w_min_bound_`,
+            `w_max_bound_`; w_min_bound may lie below 0 S, where g_min_dev stops).
+        dw_up, dw_down: the device's pulse step scales (aihwkit `w_scale_up_`, `w_scale_down_`;
+            fractions of the nominal range; `circuits.pulses`).
+        stuck: int8 code, 0 = working, 1 = stuck at g_min_dev, 2 = stuck at g_max_dev.
         pulses_up, pulses_down: int64 counts of pulses sent since construction.
         conductance: current noise-free conductance g(t) (drift applied); read_sigma: per-device
             read-noise std (siemens) at the current age. Both refreshed on every state change.
@@ -762,18 +703,23 @@ class DeviceArray(nn.Module):
 
         m, p = model, model.pulse
         kw = {"dtype": dtype}
-        # Manufacturing draws, always in this order (common random numbers across models).
+        # Manufacturing draws, always in this order (common random numbers across models), the
+        # order of aihwkit's PulsedRPUDevice<T>::populate: upper bound, lower bound, gain,
+        # up/down spread; then the faults.
         xi_gmax = randn(shape, self.generator, **kw)
+        xi_gmin = randn(shape, self.generator, **kw)
         xi_dw = randn(shape, self.generator, **kw)
         xi_ud = randn(shape, self.generator, **kw)
         u_stuck = rand(shape, self.generator, **kw)
 
-        # a device keeps at least 1 % of the nominal range, so positions x stay well defined
-        g_max_dev = (m.g_max * (1.0 + m.g_max_dtod * xi_gmax)).clamp_min(m.g_min + 0.01 * m.g_range)
-        dw = (p.dw_min * (1.0 + p.dw_min_dtod * xi_dw)).clamp_min(0.0)
-        beta = (p.up_down + p.up_down_dtod * xi_ud).clamp(-1.0, 1.0)
-        dw_up = dw * (1.0 + beta)
-        dw_down = dw * (1.0 - beta) if p.bidirectional else torch.zeros_like(dw)
+        ref = p.reference_point
+        w_max = ((1.0 - ref) * (1.0 + m.g_max_dtod * xi_gmax)).abs()
+        w_min = -(ref * (1.0 + m.g_min_dtod * xi_gmin)).abs()
+        # a device keeps at least 1 % of the nominal range, so its positions stay well defined
+        w_max = torch.maximum(w_max, w_min + 0.01)
+        g_max_dev = m.g_w0 + w_max * m.g_range
+        g_min_dev = (m.g_w0 + w_min * m.g_range).clamp_min(0.0)  # a conductance is >= 0 S
+        dw_up, dw_down = p.scales(xi_dw, xi_ud)
         stuck = torch.zeros(shape, dtype=torch.int8)
         stuck[u_stuck < m.stuck_at_min] = _STUCK_MIN
         stuck[(u_stuck >= m.stuck_at_min) & (u_stuck < m.stuck_at_min + m.stuck_at_max)] = (
@@ -781,12 +727,16 @@ class DeviceArray(nn.Module):
         )
 
         g0 = torch.full(shape, m.g_min, **kw)
+        self.register_buffer("g_min_dev", g_min_dev)
         self.register_buffer("g_max_dev", g_max_dev)
+        self.register_buffer("w_min_bound", w_min)
+        self.register_buffer("w_max_bound", w_max)
         self.register_buffer("dw_up", dw_up)
         self.register_buffer("dw_down", dw_down)
         self.register_buffer("stuck", stuck)
         self.register_buffer("g_target", g0.clone())
-        self.register_buffer("g_prog", self._apply_stuck(g0.clone(), stuck, g_max_dev))
+        self.register_buffer("g_prog", g0.clone())
+        self.g_prog = self._apply_stuck(self.g_prog)
         self.register_buffer("prog_error", torch.zeros(shape, **kw))
         self.register_buffer("nu", torch.zeros(shape, **kw))
         self.register_buffer("t_prog", torch.zeros(shape, **kw))
@@ -797,15 +747,21 @@ class DeviceArray(nn.Module):
         self._refresh()
 
     # -- small helpers -------------------------------------------------------------------------
-    def _apply_stuck(self, g: Tensor, stuck: Tensor | None = None, g_max_dev: Tensor | None = None):
-        stuck = self.stuck if stuck is None else stuck
-        g_max_dev = self.g_max_dev if g_max_dev is None else g_max_dev
-        g = torch.where(stuck == _STUCK_MIN, torch.full_like(g, self.model.g_min), g)
-        return torch.where(stuck == _STUCK_MAX, g_max_dev, g)
+    def _apply_stuck(self, g: Tensor) -> Tensor:
+        g = torch.where(self.stuck == _STUCK_MIN, self.g_min_dev, g)
+        return torch.where(self.stuck == _STUCK_MAX, self.g_max_dev, g)
 
     def _clip(self, g: Tensor) -> Tensor:
-        """Clip to each device's bounds [g_min, g_max_dev]."""
-        return torch.minimum(g.clamp_min(self.model.g_min), self.g_max_dev)
+        """Clip to each device's bounds [g_min_dev, g_max_dev]."""
+        return torch.minimum(torch.maximum(g, self.g_min_dev), self.g_max_dev)
+
+    def _position(self, g: Tensor) -> Tensor:
+        """Position w = (g - g_w0) / (g_max - g_min) of the pulse law (`circuits.pulses`)."""
+        m = self.model
+        return (g - m.g_w0) / m.g_range
+
+    def _devices(self) -> PulseDevices:
+        return PulseDevices(self.dw_up, self.dw_down, self.w_min_bound, self.w_max_bound)
 
     def _draw(self, gen: torch.Generator) -> Tensor:
         return randn(self.shape, gen, dtype=self.g_prog.dtype, device=self.g_prog.device)
@@ -824,12 +780,8 @@ class DeviceArray(nn.Module):
 
     @property
     def stuck_value(self) -> Tensor:
-        """Conductance a stuck device sits at (g_min or its g_max_dev); arbitrary elsewhere."""
-        return torch.where(
-            self.stuck == _STUCK_MIN,
-            torch.full_like(self.g_max_dev, self.model.g_min),
-            self.g_max_dev,
-        )
+        """Conductance a stuck device sits at (its g_min_dev or g_max_dev); arbitrary elsewhere."""
+        return torch.where(self.stuck == _STUCK_MIN, self.g_min_dev, self.g_max_dev)
 
     @property
     def time(self) -> float:
@@ -921,26 +873,18 @@ class DeviceArray(nn.Module):
         self._time = t
         self._refresh()
 
-    def _nominal_coeffs(self) -> tuple[float, float, float, float]:
-        p = self.model.pulse
-        up = p.dw_min * (1.0 + p.up_down)
-        down = p.dw_min * (1.0 - p.up_down) if p.bidirectional else 0.0
-        a_up, b_up, a_dn, b_dn = p.linear_coeffs(torch.tensor(up), torch.tensor(down), 1.0)
-        return float(a_up), float(b_up), float(a_dn), float(b_dn)
-
     def nominal_step(self, up: bool) -> Tensor:
         """Expected conductance change (siemens, >= 0) of one up (or down) pulse of the nominal
         device at each device's current conductance, limited by the room left to that bound."""
         m = self.model
         g = self.conductance
-        x = ((g - m.g_min) / m.g_range).clamp(0.0, 1.0)
-        a_up, b_up, a_dn, b_dn = self._nominal_coeffs()
+        w = self._position(g)
+        direction = torch.full(self.shape, bool(up), device=g.device)
+        step = m.pulse.mean_step(w, direction, m.pulse.nominal(w)) * m.g_range
         if up:
-            step = (a_up - b_up * x).clamp_min(0.0) * m.g_range
             room = (self.g_max_dev - g).clamp_min(0.0)
         else:
-            step = (a_dn - b_dn * (1.0 - x)).clamp_min(0.0) * m.g_range
-            room = (g - m.g_min).clamp_min(0.0)
+            room = (g - self.g_min_dev).clamp_min(0.0)
         return torch.minimum(step, room)
 
     @torch.no_grad()
@@ -949,15 +893,18 @@ class DeviceArray(nn.Module):
     ) -> Tensor:
         """Signed pulse counts (int64, + up, - down) that realize `delta_g` (siemens) per device.
 
-        model_aware=True inverts the nominal response (no device-to-device spread, no cycle noise)
-        at each device's current conductance: n = ln(1 - B du / (A - B u0)) / ln(1 - B), rounded, so
-        a device with the nominal response realizes the request in expectation to within half a
-        step. model_aware=False is the naive controller n = round(|delta_g| / (dw_min (g_max -
-        g_min))) that ignores soft bounds and asymmetry (they then show up as systematic errors).
-        Requests beyond a bound are cut at the bound, and a request that reaches a bound (within
-        1 % of dw_min) is rounded up instead of to nearest: the bound clips the overshoot, so the
-        device lands exactly on it. Counts are capped at `max_pulses` (default: 4 / dw_min, four
-        sweeps of the range at the nominal step).
+        The direction is the sign of delta_g. model_aware=True inverts the nominal response (no
+        device-to-device spread, no cycle noise; `PulseResponse.count` /
+        `ExpStepResponse.count`) at each device's current conductance, so a device with the
+        nominal response realizes the request in expectation to within half a step.
+        model_aware=False is the naive controller n = round(|delta_g| / (granularity (g_max -
+        g_min))) with the response's `weight_granularity` (dw_min for a linear step), which
+        ignores the shape of the response (it then shows up as a systematic error). Requests
+        beyond the nominal range [g_min, g_max] are cut at it (a device already beyond it gets
+        no pulses toward it), and a request that reaches a bound (within 1 % of dw_min) is
+        rounded up instead of to nearest: the bound clips the overshoot, so the device lands
+        exactly on it. Counts are capped at `max_pulses` (default: 4 / dw_min, four sweeps of the
+        range at the nominal step scale).
         """
         delta_g = self._check_tensor(delta_g, "delta_g").to(self.g_prog.dtype)
         if not bool(torch.isfinite(delta_g).all()):
@@ -974,28 +921,20 @@ class DeviceArray(nn.Module):
             if isinstance(max_pulses, bool) or not isinstance(max_pulses, int) or max_pulses < 0:
                 raise ValueError(f"max_pulses must be an int >= 0 or None, got {max_pulses}")
             cap = max_pulses
-        x0 = (self.conductance - m.g_min) / m.g_range
-        xt = x0 + delta_g / m.g_range
+        w0 = self._position(self.conductance)
+        nominal = p.nominal(w0)
+        lo, hi = nominal.w_min, nominal.w_max  # the nominal range in positions
+        up = delta_g >= 0
+        wt = w0 + delta_g / m.g_range
         tol = 0.01 * p.dw_min
-        to_bound = (xt <= tol) | (xt >= 1.0 - tol)
-        xt = xt.clamp(0.0, 1.0)
-        up = xt >= x0
+        to_bound = (wt <= lo + tol) | (wt >= hi - tol)
+        # cut at the nominal range; never past the start (a device beyond it stays)
+        wt = torch.where(up, torch.maximum(torch.minimum(wt, hi), w0),
+                         torch.minimum(torch.maximum(wt, lo), w0))
         if not model_aware:
-            n = (xt - x0).abs() / p.dw_min
+            n = (wt - w0).abs() / p.weight_granularity
         else:
-            a_up, b_up, a_dn, b_dn = self._nominal_coeffs()
-            a = torch.where(up, torch.full_like(x0, a_up), torch.full_like(x0, a_dn))
-            b = torch.where(up, torch.full_like(x0, b_up), torch.full_like(x0, b_dn))
-            b = b.clamp(max=_B_MAX)  # as in `pulse`
-            u0 = torch.where(up, x0, 1.0 - x0)
-            du = (xt - x0).abs()
-            rate = (a - b * u0).clamp_min(1e-30)  # mean step at u0
-            arg = 1.0 - b * du / rate
-            small = b < 1e-12
-            b_safe = torch.where(small, torch.ones_like(b), b)
-            n_soft = torch.log(arg.clamp_min(1e-30)) / torch.log1p(-b_safe)
-            n_soft = torch.where(arg <= 0, torch.full_like(n_soft, float(cap)), n_soft)
-            n = torch.where(small, du / a.clamp_min(1e-30), n_soft)
+            n = p.count(w0, wt, up, nominal, torch.minimum(lo, w0), torch.maximum(hi, w0), cap)
         n = torch.where(to_bound, torch.ceil(n - 1e-9), torch.round(n))
         n = n.clamp(0, cap).to(torch.int64)
         return torch.where(up, n, -n)
@@ -1005,15 +944,16 @@ class DeviceArray(nn.Module):
         """Apply `n` pulses per device (int tensor of shape `shape`; + = up, - = down) and return
         the conductance change (siemens).
 
-        The n pulses of a device compose exactly in mean and variance: with the step A - B u of
-        `PulseResponse.linear_coeffs` (u = distance travelled coordinate), the mean path is
-        u_n = u0 + (A - B u0)(1 - (1 - B)^n) / B, and the cycle-to-cycle noise accumulates with
-        variance (A - B u0)^2 / B^2 [((1 - B)^2 + B^2 s^2)^n - (1 - B)^(2n)] (multiplicative, s =
-        cycle_noise) or (s dw)^2 (1 - (1 - B)^(2n)) / (1 - (1 - B)^2) (additive); the result is
-        drawn Gaussian with those moments, then clipped to [g_min, g_max_dev] and put on the level
-        grid (a multi-level device holds only its levels: a change under half a level is lost).
-        Pulsed devices restart their drift from the new value (g_prog, t_prog = now). Stuck devices
-        do not move; their pulses are still counted (they were sent).
+        The device's pulse law (`DeviceModel.pulse`: `PulseResponse`, the linear step, composes
+        the n pulses in closed form; `ExpStepResponse` applies them one by one) moves each
+        device's position with its own step scales and bounds and with cycle-to-cycle noise from
+        the array's stream. Positions stay within the device's own bounds [g_min_dev,
+        g_max_dev], and a pulse never pushes a device further beyond a bound it already lies
+        beyond (programming clamps at 0 S only, so a programmed device may start past its own
+        g_max_dev: up pulses then leave it where it is, down pulses move it down). Results are
+        put on the level grid (a multi-level device holds only its levels: a change under half
+        a level is lost). Pulsed devices restart their drift from the new value (g_prog, t_prog
+        = now). Stuck devices do not move; their pulses are still counted (they were sent).
         """
         n = self._check_tensor(n, "n")
         if n.dtype.is_floating_point or n.dtype.is_complex or n.dtype == torch.bool:
@@ -1021,53 +961,19 @@ class DeviceArray(nn.Module):
         m, p = self.model, self.model.pulse
         if not p.bidirectional and bool((n < 0).any()):
             raise ValueError(f"device {m.name!r} accepts only up pulses: n must be >= 0")
-        dtype = self.g_prog.dtype
-        xi = self._draw(self.generator)  # always drawn: the stream does not depend on n
-        cnt = n.abs().to(dtype)
-        up = n > 0
-        r_dev = self.g_max_dev - m.g_min
-        k = m.g_range / r_dev
-        a_up, b_up, a_dn, b_dn = p.linear_coeffs(self.dw_up, self.dw_down, k)
-        a = torch.where(up, a_up, a_dn)
-        # B >= 1 (a device whose own range is tiny next to the nominal one: k = range / own range
-        # is large) would make one pulse overshoot the soft bound and (1 - B)^n oscillate (NaN in
-        # the closed forms): such a device saturates, so B is capped just below 1.
-        b = torch.where(up, b_up, b_dn).clamp(max=_B_MAX)
         g0 = self.conductance
-        x0 = ((g0 - m.g_min) / r_dev).clamp(0.0, 1.0)
-        u0 = torch.where(up, x0, 1.0 - x0)
-        rate = a - b * u0
-        s_sum, q_sum = _pulse_sums(b, cnt)
-        mean = u0 + rate * s_sum
-        if p.cycle_noise == 0.0:
-            var = torch.zeros_like(mean)
-        elif p.cycle_noise_kind == "additive":
-            dw_dir = torch.where(up, self.dw_up, self.dw_down) * k
-            var = (p.cycle_noise * dw_dir) ** 2 * q_sum
-        else:
-            one_b = 1.0 - b
-            c = one_b * one_b
-            d = (b * p.cycle_noise) ** 2
-            # (c + d)^n - c^n = (c + d)^n (1 - exp(-n log1p(d / c))); divided by B^2 via
-            # d / B^2 = s^2. Written so that neither factor is 0 x inf: with B capped near 1
-            # (c ~ 0) the form c^n expm1(n log1p(d / c)) underflowed to 0 times an overflow
-            # (NaN conductances, found by hypothesis); the first factor overflows only when the
-            # variance really is huge, and the cap below keeps it finite (the result is clipped
-            # to the device's range anyway).
-            c_safe = c.clamp_min(1e-30)
-            ratio = torch.where(b < 1e-12, torch.zeros_like(b), d / c_safe)
-            grow = torch.exp(cnt * torch.log(c_safe + d)) * -torch.expm1(-cnt * torch.log1p(ratio))
-            b_safe = torch.where(b < 1e-12, torch.ones_like(b), b)
-            var_soft = torch.where(rate == 0, 0.0, rate**2 * grow / b_safe**2)
-            var_soft = var_soft.clamp(max=torch.finfo(dtype).max)
-            var = torch.where(b < 1e-12, rate**2 * p.cycle_noise**2 * cnt, var_soft)
-        u_n = (mean + var.clamp_min(0.0).sqrt() * xi).clamp(0.0, 1.0)
-        x_n = torch.where(up, u_n, 1.0 - u_n)
-        g_new = m.g_min + x_n * r_dev
+        w0 = self._position(g0)
+        up = n > 0
+        lo, hi = self._position(self.g_min_dev), self._position(self.g_max_dev)
+        beyond = torch.where(up, w0 > hi, w0 < lo)  # past the bound it is pushed toward
+        w_n = p.advance(w0, n.abs(), up, self._devices(), torch.minimum(lo, w0),
+                        torch.maximum(hi, w0), self.generator)
+        g_new = m.g_w0 + w_n * m.g_range
         if m.n_levels is not None:
             g_new = m.quantize(g_new)
-        g_new = self._clip(g_new)
-        moved = (n != 0) & ~self.stuck_mask
+        g_new = torch.minimum(torch.maximum(g_new, torch.minimum(self.g_min_dev, g0)),
+                              torch.maximum(self.g_max_dev, g0))
+        moved = (n != 0) & ~self.stuck_mask & ~beyond
         g_new = torch.where(moved, g_new, g0)
         self.g_prog = torch.where(moved, g_new, self.g_prog)
         self.t_prog = torch.where(moved, torch.full_like(self.t_prog, self._time), self.t_prog)

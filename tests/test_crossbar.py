@@ -36,6 +36,7 @@ def _quiet(model: DeviceModel, **changes) -> DeviceModel:
         read=ReadNoise(),
         drift=Drift(),
         g_max_dtod=0.0,
+        g_min_dtod=0.0,
         stuck_at_min=0.0,
         stuck_at_max=0.0,
         pulse=dataclasses.replace(model.pulse, cycle_noise=0.0, dw_min_dtod=0.0, up_down_dtod=0.0),
@@ -293,6 +294,7 @@ def test_bounds_levels_and_stuck_devices_hold_under_pulses():
         n_levels=33,
         programming=ProgrammingNoise(),
         g_max_dtod=0.0,
+        g_min_dtod=0.0,
         stuck_at_min=0.1,
         stuck_at_max=0.1,
     )
@@ -330,7 +332,8 @@ def test_asymmetric_pairs_drift_in_the_predicted_direction():
             xbar.pulse(ones, zeros)
             xbar.pulse(-ones, zeros)
         drift = xbar.effective_weight() - w
-        expected = 20 * 2 * up_down * 1e-3 * xbar.w_max
+        # aihwkit's C++ up_down convention: dw_up - dw_down = up_down dw_min
+        expected = 20 * up_down * 1e-3 * xbar.w_max
         assert torch.allclose(drift, torch.full_like(drift, expected), rtol=1e-9)
         assert math.copysign(1.0, expected) == sign
 

@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from analogeq.circuits import DeviceModel, ProgrammingNoise, PulseResponse
+from analogeq.circuits import DeviceModel, ExpStepResponse, ProgrammingNoise, PulseResponse
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -161,8 +161,11 @@ def test_deterministic_mean_matches_request_on_soft_bounds():
 
 def soft_bounds_fixed_point(p: PulseResponse) -> float:
     """x* where the up step equals the down step (PulseResponse docstring step law):
-    dw_up (1 - gu (x - r) / (1 - r)) = dw_down (1 - gd (r - x) / r)."""
-    up, dn = p.dw_min * (1 + p.up_down), p.dw_min * (1 - p.up_down)
+    dw_up (1 - gu (x - r) / (1 - r)) = dw_down (1 - gd (r - x) / r), with aihwkit's C++ up_down
+    convention (PulsedRPUDevice::populate): dw_up = dw_min (1 + min(up_down, 0)),
+    dw_down = dw_min (1 - max(up_down, 0))."""
+    up = p.dw_min * (1 + min(p.up_down, 0.0))
+    dn = p.dw_min * (1 - max(p.up_down, 0.0))
     r, gu, gd = p.reference_point, p.soft_bound_up, p.soft_bound_down
     # up (1 + gu r / (1 - r)) - up gu x / (1 - r) = dn (1 - gd) + dn gd x / r
     a = up * (1 + gu * r / (1 - r)) - dn * (1 - gd)
@@ -176,7 +179,7 @@ def test_asymmetric_device_drifts_to_soft_bounds_fixed_point(mode):
                  reference_point=0.5)
     model = chip(device(**pulse))
     x_star = soft_bounds_fixed_point(PulseResponse(**pulse))
-    assert x_star == pytest.approx(0.65)  # (1 + up_down) / 2 for full soft bounds at r = 0.5
+    assert x_star == pytest.approx(1 / 1.7)  # dw_up / (dw_up + dw_down), full soft bounds, r 0.5
     name = "attn.o"
     tile = model.crossbars()[name].tiles[0]
     x0 = tile.plus.conductance / G_MAX
@@ -234,24 +237,35 @@ def test_unipolar_pcm_pair_saturates_as_predicted():
     dtod=st.floats(0, 0.3),
     scale=st.floats(1e-3, 30.0),
     seed=st.integers(0, 2**16),
+    law=st.sampled_from(["linear", "exp"]),
 )
 # Found by hypothesis: a device whose own range is tiny (large d2d spread) had soft-bound B > 1, so
 # the closed-form pulse sums went NaN. B is now capped below 1 (the device saturates).
 @example(mode="deterministic", scheme="unipolar", n_levels=None, sb=(1.0, 0.0), up_down=0.0,
-         noise=0.0, dtod=0.28125, scale=1.0, seed=189)
+         noise=0.0, dtod=0.28125, scale=1.0, seed=189, law="linear")
 # Also found by hypothesis: the same tiny-range device (B capped near 1) with multiplicative cycle
 # noise made the closed-form variance 0 x inf (NaN conductances); it is now computed in a form
 # without that product.
 @example(mode="stochastic", scheme="unipolar", n_levels=None, sb=(1.0, 0.0), up_down=0.0,
-         noise=1.0, dtod=0.28125, scale=1.0, seed=1988)
-def test_bounds_and_levels_hold(mode, scheme, n_levels, sb, up_down, noise, dtod, scale, seed):
+         noise=1.0, dtod=0.28125, scale=1.0, seed=1988, law="linear")
+@example(mode="stochastic", scheme="bipolar", n_levels=None, sb=(1.0, 0.0), up_down=0.0,
+         noise=1.0, dtod=0.3, scale=1.0, seed=5, law="exp")
+def test_bounds_and_levels_hold(mode, scheme, n_levels, sb, up_down, noise, dtod, scale, seed,
+                                law):
     # programming clipped to each device's own bounds, so that every device starts inside them
     # (with the default clip at 0 S only a device may start above its own g_max; pulses then
     # never push it further out, tests/test_devices.py)
-    dev = DeviceModel(g_min=1e-6, g_max=G_MAX, g_max_dtod=dtod, name="h",
-                      programming=ProgrammingNoise(clip="device"), pulse=PulseResponse(
-        dw_min=0.02, up_down=up_down, soft_bound_up=sb[0], soft_bound_down=sb[1],
-        cycle_noise=noise, dw_min_dtod=0.2))
+    if law == "linear":
+        pulse = PulseResponse(dw_min=0.02, up_down=up_down, soft_bound_up=sb[0],
+                              soft_bound_down=sb[1], cycle_noise=noise, dw_min_dtod=0.2)
+    else:  # the exponential step with PCM's shape, bidirectional, with complex cycle noise
+        pulse = ExpStepResponse(dw_min=0.02, up_down=up_down, reference_point=0.3 * sb[0],
+                                es_a=-1.0, es_b=0.0, es_gamma_up=2.5, es_gamma_down=2.5,
+                                es_A_up=-27.235, es_A_down=-2.235, cycle_noise=noise,
+                                cycle_noise_add=0.02 * sb[1], cycle_noise_slope=0.1,
+                                dw_min_dtod=0.2)
+    dev = DeviceModel(g_min=1e-6, g_max=G_MAX, g_max_dtod=dtod, g_min_dtod=dtod, name="h",
+                      programming=ProgrammingNoise(clip="device"), pulse=pulse)
     model = chip(dev, seed=seed % 7, n_levels=n_levels)
     gen = torch.Generator().manual_seed(seed)
     grads = {n: scale * torch.randn(p.shape, generator=gen, dtype=F64)
@@ -265,11 +279,13 @@ def test_bounds_and_levels_hold(mode, scheme, n_levels, sb, up_down, noise, dtod
         for t in analog.tiles:
             for arr in (t.plus, t.minus):
                 g = arr.conductance
-                assert bool((g >= dev.g_min - 1e-18).all()) and bool((g <= arr.g_max_dev).all())
+                assert bool((g >= arr.g_min_dev).all()) and bool((g <= arr.g_max_dev).all())
+                assert bool(torch.isfinite(g).all())
                 if step is not None:
                     k = (g - dev.g_min) / step
                     on_grid = (k - k.round()).abs() < 1e-6
-                    assert bool((on_grid | (g == arr.g_max_dev)).all())
+                    at_bound = (g == arr.g_max_dev) | (g == arr.g_min_dev)
+                    assert bool((on_grid | at_bound).all())
     for c in rep.crossbars.values():
         assert 0.0 <= c.clipped_fraction <= 1.0 and c.pulses >= 0 and c.energy_j >= 0
     # nominal weights moved by exactly the realised changes (both updates)

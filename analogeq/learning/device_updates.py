@@ -7,10 +7,11 @@
 `model` must be built on hardware (`EquilibriumTransformer(config, hardware=HardwareConfig(...))`).
 For every crossbar map (`model.crossbars()`, e.g. "attn.o") the requested change of its weight is
 the SGD step dW = -lr dL/dW; it is realised by pulses on the devices of the differential pairs
-W = (G_plus - G_minus) / g_ref, with the device's pulse response (`circuits.devices.PulseResponse`:
-dw_min, up/down asymmetry, soft bounds, cycle-to-cycle and device-to-device variation, bounds,
-levels). Every other parameter in `grads` (biases, norms, embedding tables, maps kept digital) is
-digital and gets the plain SGD step p -= lr g.
+W = (G_plus - G_minus) / g_ref, with the device's pulse response (`circuits.pulses`: the linear
+step `PulseResponse` or the exponential step `ExpStepResponse`, with their up/down asymmetry,
+soft bounds, cycle-to-cycle and device-to-device variation, bounds, levels). Every other
+parameter in `grads` (biases, norms, embedding tables, maps kept digital) is digital and gets
+the plain SGD step p -= lr g.
 
 Modes.
 * "deterministic": pulse counts computed from the requested dW per device (`Crossbar.apply_pulses`,
@@ -27,7 +28,9 @@ Modes.
   E[dW] = -lr e x^T at the reference point of the device's response. bl_n = min(BL,
   ceil(lr max|x_n| max|e_n| / dw)) (BL management: the shortest train that needs no probability
   above 1) and A / B = sqrt(max|e_n| / max|x_n|) (update management: balanced probabilities).
-  dw = dw_min (g_max - g_min) / g_ref is the weight change of one nominal pulse. Probabilities
+  dw = granularity (g_max - g_min) / g_ref is the weight change of one nominal pulse, with the
+  pulse response's `weight_granularity` (aihwkit's `calcWeightGranularity`: dw_min for a linear
+  step, the nominal down step at w = 0 for the exponential step of PCM). Probabilities
   are clipped at 1 only when the request needs more than BL pulses (counted as clipped); then,
   as aihwkit's `PulsedUpdateMetaParameter::performUpdateManagement`
   (src/rpucuda/rpu_pulsed_meta_parameter.cpp) does under update management, max|e_n| is scaled
@@ -227,12 +230,11 @@ def _tiles(analog: Any) -> Iterator[tuple[Any, slice, slice]]:
 
 def _room(tile: Any, dg: Tensor, scheme: str) -> Tensor:
     """Conductance change (siemens, >= 0) the pair can still make in the direction of dg."""
-    g_min = tile.device_model.g_min
     gp, gm = tile.plus.conductance, tile.minus.conductance
     up_p = (tile.plus.g_max_dev - gp).clamp_min(0.0)
     up_m = (tile.minus.g_max_dev - gm).clamp_min(0.0)
-    dn_p = (gp - g_min).clamp_min(0.0)
-    dn_m = (gm - g_min).clamp_min(0.0)
+    dn_p = (gp - tile.plus.g_min_dev).clamp_min(0.0)
+    dn_m = (gm - tile.minus.g_min_dev).clamp_min(0.0)
     if scheme == "unipolar":
         return torch.where(dg >= 0, up_p, up_m)
     if scheme == "reference":
@@ -501,7 +503,7 @@ class DeviceUpdater:
         analog = layer.analog
         dtype, device = analog.g_ref.dtype, analog.g_ref.device
         m = analog.device_model
-        dw = m.pulse.dw_min * m.g_range / float(analog.g_ref)
+        dw = m.pulse.weight_granularity * m.g_range / float(analog.g_ref)
         requested = (-lr * e.to(torch.float64).T @ x.to(torch.float64)).to(dtype=dtype,
                                                                            device=device)
         n_inc, n_dec, clip_train = self._coincidences(x, e, lr, dw)

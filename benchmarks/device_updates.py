@@ -2,7 +2,8 @@
 
 One SGD step of an AsymEP-sized gradient on the CLI-sized block (C 32, H 4, T 16, float32),
 for each device preset and update mode, from the same programmed chip (read noise off).
-The gradient is a seeded Gaussian scaled so that the largest request is `steps` nominal pulses of
+The gradient is a seeded Gaussian scaled so that the largest request is `steps` nominal pulses
+(the pulse response's `weight_granularity`: dw_min for a linear step) of
 that map. Prints a table, writes benchmarks/results/device_updates.json.
 
 The machine is shared by several agents: walls are noisy; counts and errors are exact.
@@ -35,7 +36,7 @@ def main(steps: float = 4.0) -> list[dict]:
         grads = {}
         for name, analog in base.crossbars().items():
             m = analog.device_model
-            dw = m.pulse.dw_min * m.g_range / float(analog.g_ref)
+            dw = m.pulse.weight_granularity * m.g_range / float(analog.g_ref)
             g = torch.randn(analog.shape, generator=gen)
             grads[f"{name}.weight"] = g * (steps * dw / float(g.abs().max()))
         for mode in ("deterministic", "stochastic"):

@@ -215,7 +215,7 @@ def _run_model(args: argparse.Namespace, methods: Sequence[str]) -> int:
         if name == "ode":
             eps = torch.finfo(model.dtype).eps
             options.update(
-                chunk=_ODE_CHUNK, rtol=max(_ODE_RTOL, 10 * eps), atol=max(_ODE_ATOL, eps)
+                chunk=_ODE_CHUNK, ode_rtol=max(_ODE_RTOL, 10 * eps), ode_atol=max(_ODE_ATOL, eps)
             )
         results[label] = model.settle(
             tokens, name, tol=tol, max_steps=args.max_steps, progress=args.progress, **options

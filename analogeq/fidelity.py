@@ -54,15 +54,18 @@ from ._fidelity_sweep import (
     knockout,
 )
 from .integrators import (
+    Anderson,
     EulerMaruyama,
     ExplicitEuler,
     IMEXEuler,
     Integrator,
     ODESolver,
+    PseudoTransient,
     SettleResult,
     Status,
     settle,
 )
+from .integrators._chain import chain
 from .integrators._loop import check_initial_state
 from .integrators.settle import make_method
 from .probes import asymmetry, find_eps_crit, jacobian_eigs
@@ -80,6 +83,27 @@ a stable fixed point, with a stable Euler map at its step and a drift/noise powe
 (EulerMaruyama's `drift_noise_ratio`: the noise moves the state more than the drift), is reported
 as a noise floor, whatever the method's own `max_drift_ratio` (which only decides when its run
 stops)."""
+
+
+EXTEND_FACTOR = 20
+"""Default cap of a budget extension: a run still converging at a measured rate when its budget
+ends is continued up to this many times its budget (`compare(max_extend=...)`)."""
+
+
+def root_finders() -> list[tuple[str, Integrator]]:
+    """The default escalation of `compare`'s root search, cheapest first.
+
+    Anderson alone (no fallback: a root-finder, it may land on unstable roots too), then
+    pseudo-transient continuation from a large first step, 10 and 1000 relaxation times: backward
+    Euler with such steps is attracted by unstable roots as well (|1 - eps mu| > 1 once
+    eps > 2 Re mu / |mu|^2), so it finds the root inside a limit cycle that Anderson misses, and
+    grows to Newton near it.
+    """
+    return [
+        ("anderson", Anderson(fallback=None)),
+        ("ptc(eps=10)", PseudoTransient(eps=10.0)),
+        ("ptc(eps=1000)", PseudoTransient(eps=1e3, eps_max=1e8)),
+    ]
 
 
 def default_reference(dtype: torch.dtype = torch.float64) -> ODESolver:
@@ -189,8 +213,9 @@ def compare(
     tol: float = 1e-6,
     max_steps: int | None = None,
     reference_steps: int = 400,
-    root: str | Integrator | None = "anderson",
+    root: Any = "auto",
     root_steps: int | None = None,
+    max_extend: int | None = None,
     k: int = 6,
     probe_dtype: torch.dtype | None = None,
     distance_tol: float = 1e-3,
@@ -213,12 +238,19 @@ def compare(
         max_steps: step budget of each discrete method (default: the method's own).
         reference_steps: chunks of the reference (>= 100 so that a cycle can be judged on its
             tail; the automatic chunk schedule resolves rotations with >= 8 chunks per period).
-        root: root-finder for the fixed point where the reference does not settle ("anderson",
-            an Integrator instance such as `ImplicitEuler(eps=10.0)`, or None for the
-            reference's end only). Run from z0; where that finds no root and the reference did
-            not settle, run again from the reference's end (inside the attractor the circuit
-            reached) and keep the lower residual per sample.
-        root_steps: the root-finder's step budget (default its own).
+        root: how the fixed point is found where the reference does not settle: "auto" (default,
+            the escalation `root_finders()`: Anderson, then pseudo-transient continuation from
+            10 and from 1000 relaxation times), one method (a name or an Integrator instance such
+            as `ImplicitEuler(eps=10.0)`), a sequence of them (tried in order), or None (the
+            reference's end only). Each finder runs from z0 and, where the reference did not
+            settle, from the reference's end (inside the attractor the circuit reached); the
+            search stops as soon as every sample has a root (a converged finder). The report
+            names the finder of each sample's root (`root_source`).
+        root_steps: each root-finder's step budget (default its own).
+        max_extend: largest total step budget of a method that is still converging when its
+            budget ends: its run is continued (same convergence test) when the rate it contracts
+            at predicts convergence within this many steps (default `EXTEND_FACTOR` x its
+            budget; 0 disables). `report.extra["extended"]` lists what was extended.
         k: eigenvalues per set at z* (clipped to the state size).
         probe_dtype: dtype of the Jacobian products (None: the state's; torch.float64 copies a
             model force to float64).
@@ -255,49 +287,31 @@ def compare(
                         f"{type(reference).__name__}")
     resolved = _resolve_methods(methods)
 
+    if max_extend is not None:
+        max_extend = _check_int("max_extend", max_extend, 0)
+    finders = _resolve_finders(root)
+
     runs: dict[str, SettleResult] = {}
+    extended: dict[str, dict[str, Any]] = {}
     for label, inst in resolved:
-        runs[label] = settle(force, z0, inst, tol=tol, max_steps=max_steps)
+        res = settle(force, z0, inst, tol=tol, max_steps=max_steps)
+        runs[label], note = _extend(force, inst, res, tol, max_extend)
+        if note is not None:
+            extended[label] = note
     ref = settle(force, z0, reference, tol=tol, max_steps=reference_steps)
-    root_res = retry = None
-    fin = torch.finfo(z0.dtype).eps
-    accept = max(10 * tol, 100 * fin)
     batch = z0.shape[0]
     ref_conv = [s is Status.CONVERGED for s in ref.sample_status]
-    if root is not None:
-        if isinstance(root, str) or isinstance(root, Integrator):
-            root_inst, _ = make_method(root, {})
-        else:
-            raise TypeError(f"root must be a method name, an Integrator or None, got "
-                            f"{type(root).__name__}")
-        root_tol = min(tol, 1e-10) if z0.dtype == torch.float64 else tol
-        root_res = settle(force, z0, root_inst, tol=root_tol, max_steps=root_steps)
-        # Where the reference did not settle and no root was found from z0, try again from the
-        # reference's end (inside the attractor the circuit reached: a cycle's centre region).
-        if any(not ref_conv[i] and float(root_res.residual[i]) > accept for i in range(batch)) \
-                and bool(torch.isfinite(ref.z).all()):
-            retry = settle(force, ref.z, root_inst, tol=root_tol, max_steps=root_steps)
+    root_tol = min(tol, 1e-10) if z0.dtype == torch.float64 else tol
+    search = _search_roots(force, z0, ref, ref_conv, finders, root_tol, root_steps)
+    root_res = search.first
+    retry = search.retry
 
     # -- best fixed-point estimate per sample ----------------------------------------------------
-    zs, sources, residuals, root_status = [], [], [], []
-    for i in range(batch):
-        if ref_conv[i] or root_res is None:
-            zs.append(ref.z[i])
-            sources.append("reference")
-            residuals.append(float(ref.residual[i]))
-            root_status.append(ref.sample_status[i])
-            continue
-        r0 = float(root_res.residual[i])
-        r1 = math.inf if retry is None else float(retry.residual[i])
-        use_retry = retry is not None and r1 < r0
-        chosen = retry if use_retry else root_res
-        zs.append(chosen.z[i])  # type: ignore[union-attr]
-        sources.append("root (from the reference's end)" if use_retry else "root")
-        residuals.append(min(r0, r1))
-        root_status.append(chosen.sample_status[i])  # type: ignore[union-attr]
-    z_star = torch.stack(zs).to(z0.dtype)
-    root_residual = torch.tensor(residuals, dtype=torch.float64)
-    root_found = (root_residual <= accept) & torch.isfinite(root_residual)
+    z_star = search.z.to(z0.dtype)
+    root_residual = search.residual
+    root_found = search.found
+    sources = search.sources
+    root_status = search.status
 
     # -- probes at z* -----------------------------------------------------------------------------
     notes: list[str] = []
@@ -365,7 +379,176 @@ def compare(
         root_residual=root_residual, root_found=root_found, eigs=eigs, euler_eigs=euler_sets,
         eps_crit=ecrit, asymmetry=asym, stability=tuple(stability), margin=tuple(margins),
         tol=tol, wall_time=time.perf_counter() - t0, notes=tuple(notes),
-        extra={"root_retry": retry},
+        extra={"root_retry": retry, "root_runs": search.runs, "extended": extended},
+    )
+
+
+def _resolve_finders(root: Any) -> list[tuple[str, Integrator]]:
+    """(label, instance) per root-finder of the escalation; [] for None."""
+    if root is None:
+        return []
+    if isinstance(root, str) and root == "auto":
+        return root_finders()
+    if isinstance(root, str | Integrator):
+        inst, _ = make_method(root, {})
+        return [(root if isinstance(root, str) else inst.name, inst)]
+    if isinstance(root, Sequence) and not isinstance(root, str):
+        out = []
+        for r in root:
+            if not isinstance(r, str | Integrator):
+                raise TypeError(f"root must list method names or Integrator instances, got "
+                                f"{type(r).__name__}")
+            inst, _ = make_method(r, {})
+            out.append((r if isinstance(r, str) else inst.name, inst))
+        if not out:
+            raise ValueError("root must name at least one root-finder (or be None)")
+        return out
+    raise TypeError(f"root must be 'auto', a method name, an Integrator, a sequence of them or "
+                    f"None, got {type(root).__name__}")
+
+
+class _RootSearch:
+    """Best fixed-point estimate per sample and where it came from."""
+
+    def __init__(self, ref: SettleResult, ref_conv: list[bool]):
+        b = ref.z.shape[0]
+        self.z = ref.z.clone()
+        self.residual = ref.residual.detach().to("cpu", torch.float64).clone()
+        self.found = torch.tensor(ref_conv, dtype=torch.bool)
+        self.sources = ["reference" if c else "reference's end (not a root)" for c in ref_conv]
+        self.status = list(ref.sample_status)
+        self.runs: list[tuple[str, SettleResult]] = []
+        self.first: SettleResult | None = None
+        self.retry: SettleResult | None = None
+        self.best_is_ref = [True] * b
+
+    def offer(self, label: str, res: SettleResult) -> None:
+        """Take each sample's root from `res` where it converged and none was found yet; else keep
+        its lower-residual point (not a root)."""
+        self.runs.append((label, res))
+        for i, s in enumerate(res.sample_status):
+            if bool(self.found[i]):
+                continue
+            r = float(res.residual[i])
+            converged = s is Status.CONVERGED and bool(torch.isfinite(res.z[i]).all())
+            better = r < float(self.residual[i]) or self.best_is_ref[i]
+            if converged or better:
+                self.z[i] = res.z[i].to(self.z.dtype)
+                self.residual[i] = r
+                self.status[i] = s
+                self.sources[i] = label if converged else f"{label} (best point, not a root)"
+                self.best_is_ref[i] = False
+                if converged:
+                    self.found[i] = True
+
+
+def _search_roots(force: Any, z0: Tensor, ref: SettleResult, ref_conv: list[bool],
+                  finders: list[tuple[str, Integrator]], tol: float,
+                  steps: int | None) -> _RootSearch:
+    """Escalate through `finders` until every sample has a root (`compare`'s root argument).
+
+    A sample whose root is known starts the next finder at it, so it converges at once and costs
+    one evaluation; the others start at z0, then (where the reference did not settle) at the
+    reference's end.
+    """
+    search = _RootSearch(ref, ref_conv)
+    ref_end_ok = bool(torch.isfinite(ref.z).all())
+    for label, inst in finders:
+        if bool(search.found.all()):
+            break
+        keep = search.found.view((-1,) + (1,) * (z0.ndim - 1)).to(z0.device)
+        start = torch.where(keep, search.z.to(z0.device, z0.dtype), z0)
+        res = settle(force, start, inst, tol=tol, max_steps=steps)
+        if search.first is None:
+            search.first = res
+        search.offer(label, res)
+        if bool(search.found.all()) or not ref_end_ok or all(ref_conv):
+            continue
+        start = torch.where(keep | search.found.view(keep.shape).to(z0.device),
+                            search.z.to(z0.device, z0.dtype), ref.z.to(z0.dtype))
+        retry = settle(force, start, inst, tol=tol, max_steps=steps)
+        if search.retry is None:
+            search.retry = retry
+        search.offer(f"{label} from the reference's end", retry)
+    return search
+
+
+def _extend(force: Any, inst: Integrator, res: SettleResult, tol: float,
+            cap: int | None) -> tuple[SettleResult, dict[str, Any] | None]:
+    """Continue the samples still converging when the budget ended (`compare(max_extend=...)`).
+
+    Per sample at MAX_STEPS, the rate rho per step is measured on the last quarter of its
+    scaled-error trace (at least 20 steps); where rho < 1 and the steps to bring the error to 1,
+    ln(err) / -ln(rho), fit within the cap, the run continues from its end with the same
+    convergence test (its atol and rate), 1.5 x that many steps. Returns the (chained) result and
+    a note of what was done, or None.
+    """
+    cap = EXTEND_FACTOR * max(res.steps, 1) if cap is None else cap
+    err = res.trace.sample_error
+    if cap <= res.steps or err is None:
+        return res, None
+    need = 0
+    rows = []
+    for i, s in enumerate(res.sample_status):
+        if s is not Status.MAX_STEPS:
+            continue
+        n = int(res.steps_per_sample[i])
+        w = max(20, n // 4)
+        if n < w:
+            continue
+        tail = err[n - w:n + 1, i]
+        if not bool(torch.isfinite(tail).all()) or float(tail[-1]) <= 0:
+            continue
+        rho = (float(tail[-1]) / float(tail[0])) ** (1.0 / w)
+        if not 0 < rho < 1:
+            continue
+        more = math.ceil(1.5 * math.log(float(tail[-1])) / -math.log(rho)) + 10
+        if res.steps + more <= cap:
+            rows.append(i)
+            need = max(need, more)
+    if not rows:
+        return res, None
+    index = torch.tensor(rows, dtype=torch.long)
+    options: dict[str, Any] = {"atol": res.info["atol"].to(torch.float64)}
+    if res.info.get("rate") is not None:
+        options["rate"] = res.info["rate"].to(torch.float64)
+    start = res.z
+    # Samples not extended start at their end too; they are cut out again by `chain`.
+    more_res = settle(force, start, inst, tol=tol, max_steps=need, **options)
+    sub = np.asarray(rows, dtype=np.int64)
+    picked = _subset_result(more_res, index)
+    out = chain(res, picked, sub, shared_counter=False)
+    out.info["extended"] = out.info.pop("fallback")  # a continuation, not a fallback
+    note = {"samples": rows, "extra_steps": int(more_res.steps),
+            "statuses": [s.value for s in picked.sample_status], "cap": cap}
+    return out, note
+
+
+def _subset_result(res: SettleResult, index: Tensor) -> SettleResult:
+    """The rows `index` of a result, for `chain` (its histories keep the full batch columns
+    only for the selected samples)."""
+    import dataclasses
+
+    rows = index.tolist()
+    tr = res.trace
+
+    def cols(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[:, index]
+
+    trace = dataclasses.replace(
+        tr, sample_residual=cols(tr.sample_residual), sample_time=cols(tr.sample_time),
+        observed=cols(tr.observed), sample_state_norm=cols(tr.sample_state_norm),
+        sample_error=cols(tr.sample_error))
+    dev = res.z.device
+    return dataclasses.replace(
+        res, z=res.z.index_select(0, index.to(dev)),
+        residual=res.residual.index_select(0, index.to(res.residual.device)),
+        t=None if res.t is None else res.t.index_select(0, index.to(res.t.device)),
+        trace=trace, sample_status=tuple(res.sample_status[i] for i in rows),
+        nfe_per_sample=None if res.nfe_per_sample is None else res.nfe_per_sample[index],
+        steps_per_sample=None if res.steps_per_sample is None else res.steps_per_sample[index],
+        cycles=tuple(res.cycles[i] for i in rows) if res.cycles else (),
+        error=None if res.error is None else res.error[index],
     )
 
 
@@ -508,7 +691,7 @@ def _judge(
                           f"dynamics settle (all Re mu < 0){extra}")
             return sv(Verdict.NOT_CONVERGED,
                       f"{status.value}: still converging (force residual {force_res:.2e}) and "
-                      "stable at its step", _more_steps(res, h, pool, force_res, tol))
+                      "stable at its step", _more_steps(res, h, pool, i))
         if stability == "unstable":
             return sv(Verdict.NOT_CONVERGED,
                       f"{status.value}; the reference settled at a point where {inst_txt}",
@@ -552,12 +735,14 @@ def _spectrum_next(stability: str) -> str:
     return "the eigenvalues were not established: raise k, or probe in float64 (probe_dtype)"
 
 
-def _more_steps(res: SettleResult, h: float | None, pool: np.ndarray, g: float,
-                tol: float) -> str:
+def _more_steps(res: SettleResult, h: float | None, pool: np.ndarray, i: int) -> str:
+    """The budget to try: from the linear contraction |1 + h mu| at z* and the sample's scaled
+    error (the convergence test passes at 1), else just more than was used."""
+    err = math.nan if res.error is None else float(res.error[i])
     if h is not None and pool.size:
         rho = float(np.abs(1 + h * pool).max())
-        if 0 < rho < 1 and g > tol:
-            need = math.ceil(math.log(tol / g) / math.log(rho))
+        if 0 < rho < 1 and err > 1:
+            need = math.ceil(math.log(1.0 / err) / math.log(rho))
             return (f"rerun with max_steps >= {res.steps + need} (linear contraction "
                     f"{rho:.4f} per step needs ~{need} more)")
     return f"rerun with a larger max_steps (> {res.steps})"
@@ -566,6 +751,8 @@ def _more_steps(res: SettleResult, h: float | None, pool: np.ndarray, g: float,
 __all__ = [
     "compare",
     "default_reference",
+    "root_finders",
+    "EXTEND_FACTOR",
     "euler_step",
     "Verdict",
     "Instability",

@@ -25,6 +25,8 @@ def result_row(label: str, result: SettleResult) -> dict[str, Any]:
         "nfe": result.nfe,
         "steps": result.steps,
         "force_residual": float(result.residual.max()),
+        # the convergence test's scaled error (converged iff <= 1), max over the batch
+        "error": None if result.error is None else float(result.error.max()),
         "time": t,
         "wall_s": result.wall_time,
         "sample_status": [str(s) for s in result.sample_status],
@@ -83,6 +85,7 @@ SETTLE_COLUMNS = (
     ("nfe", "NFE", "d"),
     ("steps", "steps", "d"),
     ("force_residual", "force residual", ".2e"),
+    ("error", "error/tol", ".2g"),
     ("time", "time (tau)", ".3g"),
     ("wall_s", "wall (s)", ".3f"),
 )
@@ -93,6 +96,7 @@ HARDWARE_COLUMNS = (
     ("status", "status", "s"),
     ("nfe", "NFE", "d"),
     ("force_residual", "force residual", ".2e"),
+    ("error", "error/tol", ".2g"),
     ("settle_us", "settle (us)", ".3g"),
     ("energy_nj", "energy (nJ)", ".3g"),
     ("wall_s", "wall (s)", ".3f"),

@@ -16,6 +16,7 @@ from .imex import IMEXEuler
 from .implicit import ImplicitEuler
 from .maruyama import EulerMaruyama
 from .ode import ODESolver
+from .ptc import PseudoTransient
 from .settle import METHODS, register, settle
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "Anderson",
     "ODESolver",
     "EulerMaruyama",
+    "PseudoTransient",
 ]

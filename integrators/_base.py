@@ -128,6 +128,10 @@ class Integrator:
     """False for root-finders: they have no continuous time (`SettleResult.t` is None)."""
     needs_split: ClassVar[bool] = False
     """True when the method requires the force's leak/nonlinear split."""
+    fallback: Integrator | None = None
+    """A method that takes over the samples this one leaves STALLED, LIMIT_CYCLE or DIVERGED with
+    a finite force, from the state this one returns, with the rest of the budget (the loop does
+    it; `SettleResult.info["fallback"]` reports it)."""
 
     def init(self, force: CountedForce, z0: Tensor, f0: Tensor) -> StepState:
         """State before the first step. `f0 = force(z0)` is already evaluated by the loop."""

@@ -153,11 +153,24 @@ def _direction_changes(r: np.ndarray) -> int:
 
 
 def _dominant_period(r: np.ndarray) -> float | None:
-    """Period (in entries) of the strongest Fourier component of the mean-removed log tail."""
+    """Period (in entries) of the strongest Fourier component of the mean-removed log tail.
+
+    The peak bin k is refined by Jacobsen's estimator (the complex neighbours X_{k-1}, X_{k+1}):
+    delta = Re((X_{k-1} - X_{k+1}) / (2 X_k - X_{k-1} - X_{k+1})), period = n / (k + delta), so a
+    tail of a few periods still gives the period to a few percent, not to a whole bin.
+    """
     x = _log(r)
     x = x - x.mean()
-    spectrum = np.abs(np.fft.rfft(x))
-    if spectrum.size < 2 or not np.any(spectrum[1:] > 0):
+    spectrum = np.fft.rfft(x)
+    mags = np.abs(spectrum)
+    if mags.size < 2 or not np.any(mags[1:] > 0):
         return None
-    k = 1 + int(np.argmax(spectrum[1:]))
+    k = 1 + int(np.argmax(mags[1:]))
+    if 1 < k < mags.size - 1:
+        lo, mid, hi = spectrum[k - 1], spectrum[k], spectrum[k + 1]
+        denom = 2 * mid - lo - hi
+        if abs(denom) > 0:
+            delta = float(np.real((lo - hi) / denom))
+            if abs(delta) < 1:
+                return float(x.size / (k + delta))
     return float(x.size / k)

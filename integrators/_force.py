@@ -30,23 +30,42 @@ def has_split(force: Any) -> bool:
     return hasattr(force, "leak") and callable(getattr(force, "nonlinear", None))
 
 
+def safe_norm(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """2-norm over `dims` that does not overflow where every entry is finite.
+
+    One `vector_norm` pass; only where that gives inf for a finite input (a float32 sum of squares
+    beyond 3.4e38, i.e. entries near 1e19 and up) it is taken again on x divided by its largest
+    entry. Non-finite inputs give inf or NaN, as they should.
+    """
+    n = torch.linalg.vector_norm(x, dim=dims)
+    over = torch.isinf(n)
+    if not bool(over.any()):  # a host sync; callers outside hot loops only
+        return n
+    peak = torch.amax(x.abs(), dim=dims, keepdim=True)
+    finite_peak = torch.where(torch.isfinite(peak) & (peak > 0), peak, torch.ones_like(peak))
+    rescaled = torch.linalg.vector_norm(x / finite_peak, dim=dims) * finite_peak.reshape(n.shape)
+    return torch.where(over & torch.isfinite(peak.reshape(n.shape)), rescaled, n)
+
+
 def force_residual(z: Tensor, f: Tensor) -> Tensor:
     """Force residual ||F(z)|| / ||z|| per sample, shape (batch,), real dtype.
 
-    Zero exactly at a fixed point. It assumes the fixed point is not z* = 0 (DOMAIN.md section 2);
-    ||z|| is floored at the dtype's smallest normal number so that z = 0 gives a huge, finite value.
+    Zero exactly at a fixed point. A diagnostic, not the convergence test (that one is scale-aware,
+    `analogeq.integrators._convergence`): it is absolute in F's units and tends to ||J|| at a fixed
+    point z* = 0. ||z|| is floored at the dtype's smallest normal number so that z = 0 gives a
+    huge, finite value; norms do not overflow (`safe_norm`).
     """
     dims = tuple(range(1, z.ndim))
-    fn = torch.linalg.vector_norm(f, dim=dims)
-    zn = torch.linalg.vector_norm(z, dim=dims)
+    fn = safe_norm(f, dims)
+    zn = safe_norm(z, dims)
     return fn / zn.clamp_min(torch.finfo(zn.dtype).tiny)
 
 
 def step_residual(z_new: Tensor, z_old: Tensor) -> Tensor:
     """Step residual ||z_new - z_old|| / ||z_old|| per sample, shape (batch,)."""
     dims = tuple(range(1, z_new.ndim))
-    dn = torch.linalg.vector_norm(z_new - z_old, dim=dims)
-    zn = torch.linalg.vector_norm(z_old, dim=dims)
+    dn = safe_norm(z_new - z_old, dims)
+    zn = safe_norm(z_old, dims)
     return dn / zn.clamp_min(torch.finfo(zn.dtype).tiny)
 
 
@@ -71,6 +90,7 @@ class CountedForce:
         self._full_z = z0  # frozen values for the embed path; the loop refreshes it every step
         self._force = force
         self._index: Tensor | None = None  # global sample indices of this view; None = all
+        self._rate: Tensor | None = None  # (batch,) rate scale, set by the loop (`set_rate`)
 
     # -- counters ---------------------------------------------------------------------------
     @property
@@ -89,6 +109,34 @@ class CountedForce:
     @property
     def index(self) -> Tensor | None:
         return self._index
+
+    # -- the rate scale -----------------------------------------------------------------------
+    def set_rate(self, rate: Tensor) -> None:
+        """Give the (batch,) rate scale (1 / time) of the whole batch (the loop, once a settle)."""
+        self._rate = rate
+
+    @property
+    def rate(self) -> Tensor:
+        """This view's rate scale (k,) (1 / time units of the force): how fast the force relaxes
+        a displacement (its leak, a given `rate`, or a measured secant; see `_convergence`).
+        Methods scale their default steps with it, so that multiplying F by a constant changes
+        nothing. Outside a settle (a method driven by hand) it defaults to the smallest leak of
+        each sample with the split, else 1 (the force's own time unit)."""
+        if self._rate is None:
+            self._rate = self._default_rate()
+        return self._rate if self._index is None else self._rate.index_select(0, self._index)
+
+    def _default_rate(self) -> Tensor:
+        z = self._full_z
+        real = z.real.dtype if z.is_complex() else z.dtype
+        source = self._force if has_split(self._force) else self._root
+        if has_split(source):
+            leak = source.leak
+            if isinstance(leak, Tensor):
+                leak = torch.broadcast_to(leak.to(device=z.device, dtype=real), z.shape)
+                return leak.reshape(z.shape[0], -1).amin(dim=1)
+            return torch.full((z.shape[0],), float(leak), dtype=real, device=z.device)
+        return torch.ones(z.shape[0], dtype=real, device=z.device)
 
     # -- the split --------------------------------------------------------------------------
     @property
@@ -162,6 +210,14 @@ class CountedForce:
     def refresh(self, full_z: Tensor) -> None:
         """Give the frozen full-batch state used when the force cannot `select` (loop only)."""
         self._full_z = full_z
+
+    def refresh_rows(self, z: Tensor) -> None:
+        """Update the frozen state of this view's samples (`z`: (k, ...) for the k samples of the
+        view; the loop calls it when samples leave, so the embed path sees their final states)."""
+        if self._index is None:
+            self._full_z = z
+        else:
+            self._full_z = self._full_z.to(z.dtype).index_put((self._index,), z)
 
     def restrict(self, local_index: Tensor) -> CountedForce:
         """A view on the samples `local_index` (indices into *this* view's samples)."""

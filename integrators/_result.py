@@ -17,7 +17,8 @@ class Status(enum.Enum):
     """How a settle ended. Ordered from best to worst by `severity`."""
 
     CONVERGED = "converged"
-    """The force residual ||F(z)|| / ||z|| reached `tol`."""
+    """The displacement rms(F(z) / w) fell to atol + rtol rms(z) (the scale-aware test of
+    `analogeq.integrators._convergence`; `tol` is rtol)."""
     MAX_STEPS = "max_steps"
     """The step budget ran out while the residual was still going down (or without a cycle)."""
     STALLED = "stalled"
@@ -87,6 +88,8 @@ class Trace:
     * `observed`: (n+1, batch) values of the settle's `observer` at every step, or None.
     * `sample_state_norm`: (n+1, batch) ||z|| of every sample at every step (a cycle is bounded,
       a runaway is not).
+    * `sample_error`: (n+1, batch) scaled error delta / (atol + rtol rms(z)) of every sample at
+      every step (the convergence test: converged iff <= 1; `analogeq.integrators._convergence`).
     """
 
     residual: Tensor
@@ -98,6 +101,7 @@ class Trace:
     nfe: Tensor
     observed: Tensor | None = None
     sample_state_norm: Tensor | None = None
+    sample_error: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,11 @@ class SettleResult:
     """Per sample: the tail analysis for samples that did not converge (None for converged ones)."""
     method: str = ""
     info: dict[str, Any] = field(default_factory=dict)
-    """Method-specific figures (e.g. rejected steps, noise floor, eps fall-backs)."""
+    """Method-specific figures (e.g. rejected steps, noise floor, eps fall-backs), and the test's
+    `tol` (rtol), `atol` (per sample) and `rate_source` ("leak", "rate" or "measured")."""
+    error: Tensor | None = None
+    """Scaled error per sample (batch,), float64 on the CPU: delta / (atol + rtol rms(z)) at the
+    returned state, the number the convergence test compares with 1 (`_convergence`)."""
 
     @property
     def converged(self) -> bool:

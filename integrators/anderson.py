@@ -60,7 +60,9 @@ Safeguards, per sample, without host syncs:
 * rejection: a new iterate whose force is non-finite or whose ||F|| exceeds `_REJECT_GROWTH` times
   the smallest ||F|| seen is discarded (its evaluation still counts): the sample returns to its best
   point, its history is cleared and its gain scale s halved (an overshooting map, e.g. a plain force
-  stiffer than 1/eps). Counted in `SettleResult.info["rejected_steps"]`.
+  stiffer than 1/eps). Counted in `SettleResult.info["rejected_steps"]`. `_NONFINITE_LIMIT` (5)
+  non-finite forces in a row end the sample DIVERGED, as every other method reports a force that
+  turned NaN.
 * best iterate: the lowest force residual ||F(z)|| / ||z|| seen is kept and returned by `finalize`.
 * stall and relaxation: progress is a drop of the best force residual or of the smallest ||F|| below
   `_STALL_FACTOR` times its value at the last such drop (both count: ||F|| / ||z|| can rise while a
@@ -97,10 +99,12 @@ from torch import Tensor
 
 from ._base import Integrator, StepState, check_positive, check_range
 from ._force import CountedForce, force_residual
+from .ptc import PseudoTransient
 
-# Default eps of the Picard map without and with the leak split (see the module docstring).
-_PLAIN_EPS = 0.3
-_SPLIT_EPS = 0.5
+# Default eps of the Picard map without and with the leak split, in units of 1 / rate (the force's
+# rate scale; see the module docstring): 0.3 and 0.5 at the block's leak 2, where they were tuned.
+_PLAIN_EPS = 0.6
+_SPLIT_EPS = 1.0
 # An improvement of the best residual counts for the stall test only if it is at least 10 %.
 # Slower than that over `stall_patience` (50) iterations, i.e. a rate above ~0.998 per iteration,
 # a root-finder is making no progress (and the best residual of a force without a root, bounded
@@ -119,6 +123,9 @@ _REACH = 1.0
 # Relaxation windows (of `stall_patience` iterations) a settling sample may go without a 10 % drop
 # of its own residual before it is STALLED.
 _SETTLE_WINDOWS = 4
+# Non-finite forces in a row (each retry from the best point with half the gain) after which the
+# sample is DIVERGED: the force is not finite anywhere the iteration can still reach.
+_NONFINITE_LIMIT = 5
 
 
 class Anderson(Integrator):
@@ -134,12 +141,19 @@ class Anderson(Integrator):
         regularization: relative Tikhonov weight lam in [0, 1) on ||r_i||^2 |alpha_i|^2
             (dimensionless).
         eps: step of the Picard map, in time units of the force (> 0; inf allowed with the split,
-            the DEQ map N / leak). None: 0.3 for a plain force, 0.5 with the leak split.
+            the DEQ map N / leak). None: relative to the force's rate scale w (its smallest leak,
+            the `rate` settle option, or a secant measured at z0): 1 / w with the leak split,
+            0.6 / w without (0.5 and 0.3 for a leak of 2), so that scaling F changes nothing.
         restart_cond: 1-norm condition number (>= 1, inf allowed) of the scaled, regularized
             bordered system above which a sample's history is cleared.
         stall_patience: iterations (>= 1) without a 10 % drop of the best force residual or of
             the smallest ||F|| after which a sample relaxes, and after which a relaxation phase
             without such a drop ends it STALLED.
+        fallback: the method that takes over the samples Anderson leaves STALLED, LIMIT_CYCLE or
+            DIVERGED (with a finite force), from Anderson's best point with the rest of the
+            budget: "ptc" (default, `PseudoTransient`: backward Euler growing to Newton, which
+            cannot run away from a stable root), another `Integrator`, or None (Anderson alone).
+            `SettleResult.info["fallback"]` says which samples it took and how they ended.
     """
 
     name = "anderson"
@@ -154,6 +168,7 @@ class Anderson(Integrator):
         eps: float | None = None,
         restart_cond: float = 1e8,
         stall_patience: int = 50,
+        fallback: str | Integrator | None = "ptc",
     ):
         self.m = check_range("m", m, 1, 1000, integer=True)
         self.damping = _check_half_open("damping", damping, "(0, 1]", lambda v: 0 < v <= 1)
@@ -163,48 +178,62 @@ class Anderson(Integrator):
         self.eps = None if eps is None else check_positive("eps", eps, allow_inf=True)
         self.restart_cond = check_range("restart_cond", restart_cond, 1.0, math.inf)
         self.stall_patience = check_range("stall_patience", stall_patience, 1, 10**9, integer=True)
+        if fallback == "ptc":
+            self.fallback: Integrator | None = PseudoTransient()
+        elif fallback is None or isinstance(fallback, Integrator):
+            self.fallback = fallback
+        else:
+            raise ValueError(
+                f"fallback must be 'ptc', an Integrator instance or None, got {fallback!r}"
+            )
 
     # -- the map ---------------------------------------------------------------------------------
-    def resolved_eps(self, force: CountedForce) -> float:
-        """The eps in use: the given one, else 0.5 with the leak split and 0.3 without."""
+    def resolved_eps(self, force: CountedForce) -> Tensor:
+        """The eps in use per sample (k,) (time units): the given one, else relative to the
+        force's rate scale w (`CountedForce.rate`): 1 / w with the leak split (w = the smallest
+        leak: eps = 0.5 for the block's leak 2), 0.6 / w without (0.3 at w = 2)."""
+        rate = force.rate
         if self.eps is not None:
-            return self.eps
-        return _SPLIT_EPS if force.has_split else _PLAIN_EPS
+            return torch.full_like(rate, self.eps)
+        return (_SPLIT_EPS if force.has_split else _PLAIN_EPS) / rate
 
-    def _gain(self, force: CountedForce, z: Tensor) -> Tensor | float:
-        """h with G(z) = z + h F(z): a float, or a real tensor broadcastable to z (tensor leak)."""
-        eps = self.resolved_eps(force)
+    def _gain(self, force: CountedForce, z: Tensor) -> Tensor:
+        """h with G(z) = z + h F(z): a real tensor broadcastable to z (per sample, and per entry
+        with a tensor leak)."""
+        real = z.real.dtype if z.is_complex() else z.dtype
+        eps = self.resolved_eps(force).to(device=z.device, dtype=real)
+        eps = eps.view((-1,) + (1,) * (z.ndim - 1))
         if not force.has_split:
             return eps
-        inv = 0.0 if math.isinf(eps) else 1.0 / eps
+        inv = torch.where(torch.isinf(eps), torch.zeros_like(eps), 1.0 / eps)
         leak = force.leak
         if isinstance(leak, Tensor):
-            real = z.real.dtype if z.is_complex() else z.dtype
             return 1.0 / (inv + leak.to(device=z.device, dtype=real))
         return 1.0 / (inv + float(leak))
 
     def _check_gain(self, force: CountedForce) -> None:
         """The IMEX map needs 1/eps + leak > 0 everywhere (else it divides by <= 0); once a run."""
-        eps = self.resolved_eps(force)
         if not force.has_split:
-            if math.isinf(eps):
+            if self.eps is not None and math.isinf(self.eps):
                 raise ValueError(
                     "eps must be finite for a force without the leak/nonlinear split (eps = inf "
                     "is the DEQ map N / leak, which needs the split)"
                 )
             return
-        inv = 0.0 if math.isinf(eps) else 1.0 / eps
+        eps = self.resolved_eps(force)
+        inv = torch.where(torch.isinf(eps), torch.zeros_like(eps), 1.0 / eps)
         leak = force.leak
         if isinstance(leak, Tensor):
             if leak.is_complex():
                 raise TypeError(f"the force's leak must be real, got dtype {leak.dtype}")
-            ok = bool(((inv + leak) > 0).all())  # one host sync, at init only
+            # Conservative over samples (smallest 1/eps with the smallest leak); one host sync.
+            ok = bool(inv.min() + leak.min().to(inv) > 0)
         else:
-            ok = inv + float(leak) > 0
+            ok = bool((inv + float(leak) > 0).all())
         if not ok:
             raise ValueError(
-                f"eps={eps} with this force's leak gives 1/eps + leak <= 0: Anderson's IMEX map "
-                "needs 1/eps + leak > 0 everywhere; pass a finite eps < 1/|min(leak)|"
+                f"eps={self.eps} with this force's leak gives 1/eps + leak <= 0: Anderson's IMEX "
+                "map needs 1/eps + leak > 0 everywhere; pass a finite eps < 1/|min(leak)|"
             )
 
     # -- the protocol ----------------------------------------------------------------------------
@@ -248,8 +277,9 @@ class Anderson(Integrator):
             settle_from=res0,
             entry_res=res0,
             restarts=torch.zeros(b, dtype=torch.long, device=dev),
+            nonfinite=torch.zeros(b, dtype=torch.long, device=dev),
         )
-        return StepState.start(z0, f0, self.resolved_eps(force), **extra)
+        return StepState.start(z0, f0, self.resolved_eps(force).to(real), **extra)
 
     def step(self, force: CountedForce, state: StepState) -> StepState:
         z, f, ex = state.z, state.f, state.extra
@@ -325,6 +355,12 @@ class Anderson(Integrator):
         # ahead, e.g. a finite-time blow-up) ends STALLED at the best point too.
         runaway = settling & (res > _REJECT_GROWTH * ex["settle_from"])
         stalled = settling & ((since >= _SETTLE_WINDOWS * self.stall_patience) | runaway)
+        if self.fallback is not None:
+            # With a fallback, a sample whose acceleration and relaxation both failed is handed to
+            # it (from its best point) instead of following the explicit Picard flow, which runs
+            # away where |1 + h mu| > 1 (a rotation-dominated Jacobian); the fallback follows the
+            # flow stably.
+            stalled = stalled | go_settle
         relax = torch.where(enter, self.stall_patience, (ex["relax"] - 1).clamp_min(0))
         since = torch.where(enter | go_settle, 0, since)
         stall_ref = torch.where(go_settle, res, stall_ref)
@@ -352,12 +388,17 @@ class Anderson(Integrator):
         home = ((back | enter | runaway) & ~better).view(keep.shape)
         z_out = torch.where(home, ex["best_z"], z_new)
         f_out = torch.where(home, ex["best_f"], f_new)
+        # A force that stays non-finite however small the retry ends the sample DIVERGED: the
+        # loop sees a non-finite force and keeps the last finite state (never a silent retry loop).
+        nonfinite = torch.where(finite, 0, ex["nonfinite"] + 1)
+        dead = (nonfinite >= _NONFINITE_LIMIT).view(keep.shape)
+        f_out = torch.where(dead, torch.full_like(f_out, math.nan), f_out)
         extra = dict(
             YR=YR, gram=gram, valid=valid, count=ex["count"] + 1, scale=scale,
             least_fn=least_fn, best_z=best_z, best_f=best_f, best_res=best_res,
             stall_ref=stall_ref, stall_fn=stall_fn, since=since, relax=relax,
             settling=settling, settle_from=settle_from, entry_res=entry_res, relax_cut=relax_cut,
-            restarts=ex["restarts"] + restart.long(),
+            restarts=ex["restarts"] + restart.long(), nonfinite=nonfinite,
         )
         return state.replace(
             z=z_out,
@@ -421,7 +462,7 @@ class Anderson(Integrator):
         ex = state.extra
         return {
             "restarts": int(ex["restarts"].sum()),
-            "eps": float(state.eps[0]),
+            "eps": float(state.eps[0]) if state.eps.numel() else math.nan,
             "history": int(ex["valid"].shape[1]),
             "gain_scale_min": float(ex["scale"].min()),
         }

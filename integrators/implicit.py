@@ -41,8 +41,9 @@ Newton-Krylov, matrix-free, batched per sample:
 * Fallback: a sample whose Newton does not converge in `max_newton` iterations, or produces a
   non-finite value, is retried from z_n with eps halved; every retry counts one in
   `state.rejected` (the loop reports the sum as `info["rejected_steps"]`). Below `min_eps` the
-  sample is marked stalled (Status.STALLED), never an exception. After an accepted step the next
-  eps doubles back towards the configured eps.
+  sample is marked stalled (Status.STALLED), never an exception; DIVERGED instead when every
+  attempt ended on a non-finite value (the force is NaN or inf near z_n at every step size).
+  After an accepted step the next eps doubles back towards the configured eps.
 
 Each sample has its own eps, Newton iteration count and Krylov solve; samples whose Newton has
 converged leave the active set (the force is restricted to the others). Host syncs: one per Newton
@@ -110,6 +111,8 @@ class _Newton(NamedTuple):
     nonlinearity: Tensor
     """Eisenstat-Walker's choice-1 ratio after the first iteration (how well the linear model
     predicted G over the whole step); NaN where no iteration finished."""
+    nonfinite: Tensor
+    """Samples whose attempt ended on a non-finite value (not a mere Newton non-convergence)."""
 
 
 class ImplicitEuler(Integrator):
@@ -187,7 +190,16 @@ class ImplicitEuler(Integrator):
         )
         state.extra["eps_min"] = state.eps.clone()  # smallest accepted eps per sample
         state.extra["eta0"] = torch.full_like(state.eps, _EW_ETA0)  # first forcing term of a step
+        # Per-sample bounds of eps: a fallback below `eps_floor` stalls the sample; accepted steps
+        # grow eps back up to `eps_cap`.
+        state.extra["eps_floor"] = torch.full_like(state.eps, self.min_eps)
+        state.extra["eps_cap"] = torch.full_like(state.eps, self.eps)
         return state
+
+    def _next_eps(self, state: StepState, f_new: Tensor, eps_done: Tensor,
+                  accepted: Tensor) -> Tensor:
+        """eps of the next step after an accepted one (k,): double back towards the cap."""
+        return torch.minimum(2 * eps_done, state.extra["eps_cap"])
 
     def step(self, force: CountedForce, state: StepState) -> StepState:
         b = state.z.shape[0]
@@ -200,6 +212,9 @@ class ImplicitEuler(Integrator):
         counts = {k: state.extra[k].clone() for k in ("newton", "jvps", "krylov")}
         eta0 = state.extra["eta0"]
         todo = torch.arange(b, device=device)
+        # Samples whose every attempt so far ended on a non-finite value: at the eps floor they
+        # are DIVERGED (the force is not finite near z_n at any step size), not STALLED.
+        poisoned = torch.ones(b, dtype=torch.bool, device=device)
         while todo.numel() > 0:  # one round per eps halving; one host sync per round
             whole = todo.numel() == b
             view = force if whole else force.restrict(todo)
@@ -220,15 +235,19 @@ class ImplicitEuler(Integrator):
             # linear system then needs one Newton iteration per step), never looser than eta_0.
             first = torch.nan_to_num(out.nonlinearity, nan=_EW_ETA0).clamp(max=_EW_ETA0)
             eta0 = eta0.index_copy(0, todo, torch.where(out.ok, first, eta0.index_select(0, todo)))
+            poisoned = poisoned.index_copy(0, todo, poisoned.index_select(0, todo) & out.nonfinite)
             failed = todo[~out.ok]
             eps_try = eps_try.index_copy(0, failed, eps_try.index_select(0, failed) / 2)
             fallbacks = fallbacks.index_add(0, failed, torch.ones_like(failed))
-            too_small = eps_try.index_select(0, failed) < self.min_eps
+            too_small = eps_try.index_select(0, failed) < state.extra["eps_floor"].index_select(
+                0, failed)
             stalled = stalled.index_fill(0, failed[too_small], True)
             todo = failed[~too_small]
         accepted = eps_done > 0
+        dead = (stalled & ~state.stalled & poisoned).view(-1, *([1] * (z.ndim - 1)))
+        f = torch.where(dead, torch.full_like(f, math.nan), f)  # the loop then says DIVERGED
         # Grow back towards the configured eps after a fallback (doubling per accepted step).
-        next_eps = torch.where(accepted, torch.clamp(2 * eps_done, max=self.eps), eps_try)
+        next_eps = torch.where(accepted, self._next_eps(state, f, eps_done, accepted), eps_try)
         extra = dict(state.extra)
         extra.update(counts)
         extra["eta0"] = eta0
@@ -339,7 +358,7 @@ class ImplicitEuler(Integrator):
             eta = eta.index_copy(0, idx, eta_new)
             ok = ok.index_copy(0, idx, converged | noise)
             failed = failed.index_copy(0, idx, ~finite)
-        return _Newton(y, f, ok, n_newton, n_jvps, n_krylov, nonlinearity)
+        return _Newton(y, f, ok, n_newton, n_jvps, n_krylov, nonlinearity, failed)
 
     def _forcing(self, gn: Tensor, gprev: Tensor, lin: Tensor, eta: Tensor, goal: Tensor) -> Tensor:
         """Next forcing term per sample (see the module docstring), in [16 u, 0.9]."""

@@ -92,6 +92,8 @@ _MOTION = 0.01
 _ROUNDING = 100.0
 # Effective tolerances in a dtype of machine epsilon e: rtol >= 10 e, atol >= e.
 _RTOL_EPS, _ATOL_EPS = 10.0, 1.0
+# Attempted solver steps per chunk (times chunk_steps, at least 512) before a chunk is cut short.
+_CHUNK_STEP_CAP = 64
 
 _EXCLUDED = {
     "scipy_solver": "it round-trips every evaluation through NumPy on the host and reports no "
@@ -195,6 +197,7 @@ class _Rhs:
         self.accepted_y: Tensor = y0
         self.accepted_t: Tensor | None = None
         self.rejected = 0
+        self.partial = False  # the chunk hit its step cap and ends at the last accepted step
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         f = self.f0 if y is self.y0 else self.force(y)
@@ -225,8 +228,11 @@ class ODESolver(Integrator):
         chunk_steps: solver steps per chunk in the automatic schedule (>= 1); for fixed-step
             methods, the number of `step_size` steps per chunk.
         options: torchdiffeq options of the method (`first_step` sets the initial step; `max_step`,
-            `min_step`, `safety`, `ifactor`, `dfactor`, `max_num_steps` (per chunk, default 10^5),
-            `norm`, ...). `step_t`, `jump_t`, `grid_constructor` are reserved.
+            `min_step`, `safety`, `ifactor`, `dfactor`,
+            `norm`, ...; `max_num_steps` counts attempted steps per chunk, default
+            max(64 chunk_steps, 512): a chunk that needs more ends at its last accepted step and
+            the next loop step goes on from there, so `max_steps` bounds the work).
+            `step_t`, `jump_t`, `grid_constructor` are reserved.
 
     Shapes: z (batch, ...), any floating dtype, any device. `SettleResult.t` (batch,) is the
     continuous time reached, in time units of the force; `info["step_size"]` (batch,) the last
@@ -305,7 +311,9 @@ class ODESolver(Integrator):
                 )
             else:
                 self._first_step = None
-            opts.setdefault("max_num_steps", 100_000)
+            # Per chunk, so one loop step's work is bounded: a chunk that needs more attempted steps
+            # ends at its last accepted one (`_run`) and the next chunk goes on from there.
+            opts.setdefault("max_num_steps", max(_CHUNK_STEP_CAP * self.chunk_steps, 512))
         return opts
 
     def _tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
@@ -341,26 +349,31 @@ class ODESolver(Integrator):
                       atol: float) -> Tensor:
         """Per-sample initial step (Hairer, Norsett & Wanner, Solving ODEs I, sec. II.4), (b,).
 
-        One force evaluation; the same estimate torchdiffeq makes for a single tensor, made per
-        sample so that one sample's scale does not set another's step.
+        One force evaluation; the estimate torchdiffeq makes for a single tensor, made per sample
+        (so that one sample's scale does not set another's step) and in units of the force's own
+        time scale 1 / rate (`CountedForce.rate`): HNW's thresholds (1e-5, 1e-15), fallbacks
+        (1e-6) and the root h1 = (0.01 / max(d1, d2))^(1/(p+1)) assume a unit time scale, so they
+        are applied to the force divided by its rate and the step is scaled back. For rate 1 this
+        is HNW's estimate exactly; for a force multiplied by k it gives the step divided by k.
         """
         def per_sample(x: Tensor) -> Tensor:
             return x.view(-1, *([1] * (z.ndim - 1)))
 
         tiny_real = torch.finfo(_real_dtype(z)).tiny
+        rate = force.rate.to(device=z.device, dtype=_real_dtype(z))
         scale = atol + z.abs() * rtol
-        d0, d1 = _rms(z / scale), _rms(f / scale)
+        d0, d1 = _rms(z / scale), _rms(f / scale) / rate  # d1 in units of the force's time
         tiny = (d0 < 1e-5) | (d1 < 1e-5)
         h0 = torch.where(tiny, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(tiny_real))
-        f1 = force(z + per_sample(h0).to(z.dtype) * f)
-        d2 = _rms((f1 - f) / scale) / h0
+        f1 = force(z + per_sample(h0 / rate).to(z.dtype) * f)
+        d2 = _rms((f1 - f) / scale) / rate / h0
         dmax = torch.maximum(d1, d2)
         h1 = torch.where(
             dmax <= 1e-15,
             torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
             (0.01 / dmax.clamp_min(tiny_real)) ** (1.0 / (self._order + 1)),
         )
-        return torch.minimum(100 * h0, h1)
+        return torch.minimum(100 * h0, h1) / rate
 
     def step(self, force: CountedForce, state: StepState) -> StepState:
         z, f = state.z, state.f
@@ -392,6 +405,7 @@ class ODESolver(Integrator):
         else:
             z1, f1, t_reached, dt_next, rej = out
             b = z.shape[0]
+            h = torch.minimum(h, t_reached.to(h.dtype))  # a chunk cut short by the step cap
             t1 = t_reached.to(real).expand(b)
             dt1 = dt_next.to(real).expand(b)
             stalled = torch.zeros(b, dtype=torch.bool, device=z.device)
@@ -424,10 +438,15 @@ class ODESolver(Integrator):
         None when torchdiffeq gives up (its assertions: step underflow, too many steps).
         """
         rhs, out = self._run(force, z, f, grid, dt)
+        dt_next = dt if rhs.proposed is None else rhs.proposed
+        if rhs.partial:
+            assert rhs.accepted_t is not None
+            z1 = rhs.accepted_y
+            f1 = f if z1 is z else (rhs.last_f if z1 is rhs.last_y else force(z1))
+            return z1, f1, rhs.accepted_t.to(grid.dtype), dt_next, rhs.rejected
         if out is None:
             return None
         z1, f1 = self._end_state(force, rhs, out)
-        dt_next = dt if rhs.proposed is None else rhs.proposed
         return z1, f1, grid[-1], dt_next, rhs.rejected
 
     def _integrate_alone(self, force: CountedForce, z: Tensor, f: Tensor, grid: Tensor,
@@ -439,14 +458,24 @@ class ODESolver(Integrator):
         rhs, out = self._run(view, zi, fi, grid, dt)
         real = _real_dtype(z)
         rejected = torch.full((1,), rhs.rejected, dtype=torch.long, device=z.device)
+        if rhs.partial:  # cut short by the step cap: go on from the last accepted step next time
+            assert rhs.accepted_t is not None
+            za = rhs.accepted_y
+            fa = fi if za is zi else (rhs.last_f if za is rhs.last_y else view(za))
+            dt1 = (dt if rhs.proposed is None else rhs.proposed).to(real).reshape(1)
+            stalled = torch.zeros(1, dtype=torch.bool, device=z.device)
+            return za, fa, rhs.accepted_t.to(real).reshape(1), dt1, stalled, rejected
         if out is not None:
             z1, f1 = self._end_state(view, rhs, out)
             dt1 = (dt if rhs.proposed is None else rhs.proposed).to(real).reshape(1)
             stalled = torch.zeros(1, dtype=torch.bool, device=z.device)
             return z1, f1, grid[-1].to(real).reshape(1), dt1, stalled, rejected
-        # Keep the last accepted state: the loop calls it DIVERGED if it has exploded.
+        # Keep the last accepted state: the loop calls it DIVERGED if it has exploded, or if the
+        # solver failed on a non-finite force (then F there is reported as NaN).
         za = rhs.accepted_y
         fa = fi if za is zi else view(za)
+        if rhs.last_f is not None and not bool(torch.isfinite(rhs.last_f).all()):
+            fa = torch.full_like(fa, math.nan)
         ta = torch.zeros((), dtype=torch.float64, device=z.device) if rhs.accepted_t is None \
             else rhs.accepted_t
         stalled = torch.ones(1, dtype=torch.bool, device=z.device)
@@ -469,6 +498,10 @@ class ODESolver(Integrator):
         try:
             out = odeint(rhs, z, grid, rtol=rtol, atol=atol, method=self.method, options=opts)
         except AssertionError as err:  # torchdiffeq reports its failures with assert
+            if "max_num_steps" in str(err) and rhs.accepted_t is not None:
+                # The chunk's step cap, not a failure: the chunk ends at the last accepted step.
+                rhs.partial = True
+                return rhs, None
             warnings.warn(
                 f"ode: torchdiffeq {self.method} failed on {z.shape[0]} sample(s) ({err}); "
                 + ("retrying them one by one" if z.shape[0] > 1 else

@@ -22,6 +22,7 @@ from .imex import IMEXEuler
 from .implicit import ImplicitEuler
 from .maruyama import EulerMaruyama
 from .ode import ODESolver
+from .ptc import PseudoTransient
 
 METHODS: dict[str, type[Integrator]] = {
     "euler": ExplicitEuler,
@@ -31,6 +32,7 @@ METHODS: dict[str, type[Integrator]] = {
     "anderson": Anderson,
     "ode": ODESolver,
     "euler-maruyama": EulerMaruyama,
+    "ptc": PseudoTransient,
 }
 
 
@@ -42,9 +44,13 @@ def register(name: str, cls: type[Integrator]) -> None:
 
 
 # settle's own parameter names: a method argument of the same name is reached through an alias
-# (e.g. ODESolver(method="dopri8") is settle(..., "ode", solver="dopri8")).
-_ALIASES: dict[type[Integrator], dict[str, str]] = {ODESolver: {"solver": "method"}}
-_SETTLE_PARAMS = {"force", "z0", "method", "tol", "max_steps"}
+# (e.g. ODESolver(method="dopri8") is settle(..., "ode", solver="dopri8"), and the ODE solver's
+# local error tolerances ODESolver(rtol=..., atol=...) are ode_rtol / ode_atol: settle's rtol and
+# atol are the convergence test's).
+_ALIASES: dict[type[Integrator], dict[str, str]] = {
+    ODESolver: {"solver": "method", "ode_rtol": "rtol", "ode_atol": "atol"},
+}
+_SETTLE_PARAMS = {"force", "z0", "method", "tol", "rtol", "atol", "rate", "max_steps"}
 
 
 def _method_params(cls: type[Integrator]) -> list[str]:
@@ -93,26 +99,39 @@ def settle(
     z0: Tensor,
     method: str | Integrator = "anderson",
     *,
-    tol: float | Tensor = 1e-6,
+    tol: float | Tensor | None = None,
     max_steps: int | None = None,
     **options: Any,
 ) -> SettleResult:
-    """Settle dz/dt = F(z) from z0 to a fixed point, judged on the force residual.
+    """Settle dz/dt = F(z) from z0 to a fixed point, judged by a scale-aware test on the force.
+
+    A sample has converged when its displacement delta = rms(F(z) / w) (units of z; w the force's
+    rate scale: its leak, the `rate` option, or measured at z0) is at most atol + rtol * rms(z).
+    Multiplying F by a constant, or a fixed point at z = 0, changes nothing
+    (`analogeq.integrators._convergence`). The force residual ||F(z)|| / ||z|| is reported
+    (`SettleResult.residual`) as a diagnostic.
 
     Args:
         force: callable F(z) -> dz/dt on tensors of shape (batch, ...); optionally with `leak` and
             `nonlinear` (F = -leak z + N(z)) and `select(index)` (`analogeq.integrators._force`).
         z0: initial state, shape (batch, ...), finite, floating or complex.
         method: a name in `METHODS` or an `Integrator` instance.
-        tol: force-residual tolerance ||F(z)|| / ||z|| per sample (> 0): a number, or a 1-D
-            tensor of shape (batch,) with one tolerance per sample.
+        tol: relative tolerance rtol (> 0; default 1e-6): a number, or a 1-D tensor of shape
+            (batch,) with one tolerance per sample. `rtol=` is the same argument (scipy's name).
         max_steps: loop iterations; default the method's `default_max_steps`.
         **options: the method's constructor arguments (with a name) and the loop's options
-            `blowup`, `cycle_min_tail`, `progress`.
+            `rtol`, `atol` (units of z per entry, >= 0; default rtol times the initial
+            displacement), `rate` (1 / time, > 0), `blowup`, `cycle_min_tail`, `progress`,
+            `observer`.
 
     Returns:
-        A `SettleResult`: per-sample status and residual, NFE, steps, continuous time, trace, wall.
+        A `SettleResult`: per-sample status, residual and scaled error, NFE, steps, continuous
+        time, trace, wall.
     """
+    rtol = options.pop("rtol", None)
+    if rtol is not None and tol is not None:
+        raise TypeError("give tol or rtol, not both (they are the same relative tolerance)")
+    tol = rtol if rtol is not None else (1e-6 if tol is None else tol)
     integrator, loop_opts = make_method(method, options)
     steps = integrator.default_max_steps if max_steps is None else max_steps
     return run(integrator, force, z0, LoopOptions(tol=tol, max_steps=steps, **loop_opts))

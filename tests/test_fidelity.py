@@ -133,7 +133,7 @@ def test_hopf_is_a_continuous_instability_even_where_anderson_converges():
     hopf = systems.HopfOscillator(mu=0.5, omega=3.0, batch=1)
     rep = compare(hopf, hopf.initial_state(), ["euler", Anderson()], reference_steps=200)
     assert rep.reference.status is not Status.CONVERGED
-    assert rep.root_source == ("root",) and bool(rep.root_found[0])
+    assert rep.root_source == ("anderson",) and bool(rep.root_found[0])
     assert rep.verdict is Verdict.CONTINUOUS_INSTABILITY and rep.kind is Instability.HOPF
     # Anderson converges at the unstable centre: converged is not stable
     anderson = rep.methods["anderson"]
@@ -173,14 +173,44 @@ def test_healthy_system_is_faithful_at_the_scipy_root():
 
 def test_too_few_steps_is_not_converged_with_a_step_budget_to_try():
     rotor = systems.SaturatingRotor(a=1.0, b=5.0, batch=1)
-    rep = compare(rotor, rotor.initial_state(), [ExplicitEuler(eps=0.05)], max_steps=60)
+    rep = compare(rotor, rotor.initial_state(), [ExplicitEuler(eps=0.05)], max_steps=60,
+                  max_extend=0)
+    res = rep.methods["euler(eps=0.05)"].result
     s = rep.methods["euler(eps=0.05)"].samples[0]
-    assert s.status is Status.MAX_STEPS
+    assert s.status is Status.MAX_STEPS and not rep.extra["extended"]
     assert s.verdict is Verdict.NOT_CONVERGED and "max_steps" in s.next_step
-    # the suggested budget follows the linear contraction |1 + eps mu| = |0.95 + 0.25j|
+    # the suggested budget follows the linear contraction |1 + eps mu| = |0.95 + 0.25j| and the
+    # scaled error (the convergence test passes at 1)
     rho = abs(1 + 0.05 * complex(-1, 5))
-    need = math.ceil(math.log(1e-6 / s.force_residual) / math.log(rho))
+    need = math.ceil(math.log(1.0 / float(res.error[0])) / math.log(rho))
     assert f">= {60 + need}" in s.next_step
+
+
+def test_a_run_converging_at_a_measured_rate_gets_its_budget_extended():
+    # Euler at half its eps_crit on a stable rotor: a budget of 200 steps ends while it still
+    # converges at |1 + eps mu| per step; compare continues it (same convergence test) and gives
+    # the verdict. Reference: the same settle with a budget large enough from the start.
+    rotor = systems.SaturatingRotor(a=1.0, b=5.0, batch=1)
+    euler = ExplicitEuler(eps=0.5 * rotor.eps_crit)
+    full = settle(rotor, rotor.initial_state(), euler, max_steps=5000)
+    assert full.status is Status.CONVERGED and full.steps > 400
+    rep = compare(rotor, rotor.initial_state(), [euler], max_steps=200)
+    label = next(iter(rep.methods))
+    s = rep.methods[label].samples[0]
+    assert s.status is Status.CONVERGED and s.verdict is Verdict.FAITHFUL, s.reason
+    note = rep.extra["extended"][label]
+    assert note["samples"] == [0] and note["statuses"] == ["converged"]
+    # Euler carries no state but z: the continued run is the long run, step for step
+    res = rep.methods[label].result
+    assert res.steps == full.steps and note["extra_steps"] == full.steps - 200
+    torch.testing.assert_close(res.z, full.z)
+    # and what the linear contraction at z* predicts from step 200
+    rho = abs(1 + euler.eps * complex(-1, 5))
+    predicted = math.log(float(res.trace.sample_error[200, 0])) / -math.log(rho)
+    assert 0.7 * predicted <= note["extra_steps"] <= 1.3 * predicted
+    # with max_extend=0 the same run stays NOT_CONVERGED
+    off = compare(rotor, rotor.initial_state(), [euler], max_steps=200, max_extend=0)
+    assert next(iter(off.methods.values())).samples[0].verdict is Verdict.NOT_CONVERGED
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,7 +287,7 @@ def test_a_strongly_coupled_transformer_is_a_genuine_hopf_instability():
     rep = compare(force, model.initial_state(force), ["euler"], reference_steps=200,
                   max_steps=1000, root_steps=300)
     assert rep.reference.status is Status.LIMIT_CYCLE
-    assert rep.root_source == ("root (from the reference's end)",) and bool(rep.root_found[0])
+    assert rep.root_source == ("anderson from the reference's end",) and bool(rep.root_found[0])
     assert rep.verdict is Verdict.CONTINUOUS_INSTABILITY and rep.kind is Instability.HOPF
     z = rep.z_star.detach()
     J = torch.autograd.functional.jacobian(lambda v: force(v.view_as(z)).reshape(-1),

@@ -10,8 +10,10 @@ mean cross entropy over many tokens is a tiny fraction of ||z||: the nudge's own
 the warm start is s = |beta| ||l|| / ||z0|| per sample (`info["nudge_scale"]`). The nudged phases
 therefore stop, per sample, at `nudged_rtol * s`: a residual that small relative to the sample's
 own nudge bounds the relative error of its delta by about `nudged_rtol` times the conditioning of
-J. An absolute tolerance (the free phase's 1e-6) would declare them converged before they moved;
-one tolerance for the batch (its smallest s) would make every sample resolve its nudge as finely
+J. (The settle is told rate 1 and atol 0, so its test is exactly ||F|| / ||z|| <= nudged_rtol * s:
+relative to the nudge's own force, which already makes it invariant to the force's scale.) An
+absolute tolerance (the free phase's 1e-6) would declare them converged before they moved; one
+tolerance for the batch (its smallest s) would make every sample resolve its nudge as finely
 as the one with the weakest nudge, a well-classified sample whose s can be 100x below the others'.
 The tolerance cannot go below the dtype's rounding floor (64 machine epsilons here; the loop's
 precision floor is 16) and is clamped there; delta then carries a relative rounding error of
@@ -188,7 +190,10 @@ class _EquilibriumPropagation(Estimator):
             start = base if (d is None or not self.extrapolate) else base + beta * d
             nf = NudgedForce(force, lg, beta, z, lin if self.asym_correction else None)
             jvp0, vjp0 = lin.n_jvp, lin.n_vjp
-            res = settle(nf, start, nmethod, tol=tol, max_steps=self.nudged_max_steps, **nloop)
+            # The tolerance is relative to the nudge's own force (F's units), so the phase is
+            # judged on the force itself: rate 1, no absolute part (scale-invariant already).
+            res = settle(nf, start, nmethod, tol=tol, max_steps=self.nudged_max_steps,
+                         **{"rate": 1.0, "atol": 0.0, **nloop})
             phases.append(PhaseInfo.from_settle(
                 "nudged", res, tol, beta, jvp=lin.n_jvp - jvp0, vjp=lin.n_vjp - vjp0
             ))

@@ -1,5 +1,5 @@
 """Digital fidelity: is a discrete method's failure an artifact of the discretization, or does the
-circuit itself not settle? (DOMAIN.md sections 2-3.)
+circuit itself not settle? (docs/physics.md sections 2-3.)
 
 `compare(force, z0, methods=[...])` runs every discrete method and the continuous reference (a
 tight `ODESolver`, what the analog circuit does), finds the best fixed-point estimate z* per
@@ -416,7 +416,7 @@ def _judge(
     root_status: Status, stability: str, pool: np.ndarray, margin: float, ecrit: Any,
     distance_tol: float, tol: float, reference_steps: int,
 ) -> SampleVerdict:
-    """The verdict of one method on one sample (module docstring; DOMAIN.md section 3)."""
+    """The verdict of one method on one sample (module docstring; docs/physics.md section 3)."""
     status = res.sample_status[i]
     force_res = float(res.residual[i])
     cyc = res.cycles[i] if res.cycles else None
@@ -540,7 +540,7 @@ def _judge(
                   "find a root with another root-finder, e.g. compare(..., root=ImplicitEuler("
                   "eps=10.0)) (Newton-Krylov steps also converge to unstable roots), or a longer "
                   "root_steps; a root-finder that cannot drive the residual to ~0 is evidence that "
-                  "no root exists near z0 (DOMAIN.md section 3)")
+                  "no root exists near z0 (docs/physics.md section 3)")
     return sv(Verdict.NOT_CONVERGED, f"{status.value}; {ref_txt}; the spectrum at the root is "
               f"{stability}", _spectrum_next(stability))
 

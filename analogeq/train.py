@@ -264,8 +264,9 @@ class TrainConfig:
             norm (>= 0; 0 = off; `ResidualPenalty(fraction=...)`).
 
     Guard:
-        guard_residual: free residual that triggers a rollback (> 0; DOMAIN.md: 0.3).
-        guard_lr_factor: learning-rate factor per rollback (in (0, 1)). max_rollbacks (>= 0).
+        guard_residual: free residual that triggers a rollback (> 0; default 0.3, docs/physics.md
+        section 6). guard_lr_factor: learning-rate factor per rollback (in (0, 1)). max_rollbacks
+        (>= 0).
     """
 
     task: str = "digits"

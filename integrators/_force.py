@@ -33,8 +33,9 @@ def has_split(force: Any) -> bool:
 def force_residual(z: Tensor, f: Tensor) -> Tensor:
     """Force residual ||F(z)|| / ||z|| per sample, shape (batch,), real dtype.
 
-    Zero exactly at a fixed point. It assumes the fixed point is not z* = 0 (DOMAIN.md section 2);
-    ||z|| is floored at the dtype's smallest normal number so that z = 0 gives a huge, finite value.
+    Zero exactly at a fixed point. It assumes the fixed point is not z* = 0 (docs/physics.md section
+    2); ||z|| is floored at the dtype's smallest normal number so that z = 0 gives a huge, finite
+    value.
     """
     dims = tuple(range(1, z.ndim))
     fn = torch.linalg.vector_norm(f, dim=dims)

@@ -197,6 +197,7 @@ def compare(
     margin: float | None = None,
     n_probes: int = 8,
     seed: int = 0,
+    progress: bool = False,
 ) -> FidelityReport:
     """Run discrete methods beside the continuous reference and say whose failure it is.
 
@@ -227,6 +228,7 @@ def compare(
             1e-6 (float64 products) or 1e-3 (float32) times max(1, max |mu|).
         n_probes: Hutchinson probes of the asymmetry (>= 1).
         seed: seed of the probes' random starts.
+        progress: a tqdm bar per settle (each method, the reference, the root-finder).
 
     Returns:
         A `FidelityReport` (`.verdict`, `.text()`, `.to_dict()`, `.plot(path)`).
@@ -257,8 +259,8 @@ def compare(
 
     runs: dict[str, SettleResult] = {}
     for label, inst in resolved:
-        runs[label] = settle(force, z0, inst, tol=tol, max_steps=max_steps)
-    ref = settle(force, z0, reference, tol=tol, max_steps=reference_steps)
+        runs[label] = settle(force, z0, inst, tol=tol, max_steps=max_steps, progress=progress)
+    ref = settle(force, z0, reference, tol=tol, max_steps=reference_steps, progress=progress)
     root_res = retry = None
     fin = torch.finfo(z0.dtype).eps
     accept = max(10 * tol, 100 * fin)
@@ -271,12 +273,14 @@ def compare(
             raise TypeError(f"root must be a method name, an Integrator or None, got "
                             f"{type(root).__name__}")
         root_tol = min(tol, 1e-10) if z0.dtype == torch.float64 else tol
-        root_res = settle(force, z0, root_inst, tol=root_tol, max_steps=root_steps)
+        root_res = settle(force, z0, root_inst, tol=root_tol, max_steps=root_steps,
+                          progress=progress)
         # Where the reference did not settle and no root was found from z0, try again from the
         # reference's end (inside the attractor the circuit reached: a cycle's centre region).
         if any(not ref_conv[i] and float(root_res.residual[i]) > accept for i in range(batch)) \
                 and bool(torch.isfinite(ref.z).all()):
-            retry = settle(force, ref.z, root_inst, tol=root_tol, max_steps=root_steps)
+            retry = settle(force, ref.z, root_inst, tol=root_tol, max_steps=root_steps,
+                           progress=progress)
 
     # -- best fixed-point estimate per sample ----------------------------------------------------
     zs, sources, residuals, root_status = [], [], [], []

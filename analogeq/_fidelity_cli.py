@@ -41,7 +41,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
     """The digital model of `--checkpoint` and its task's test inputs, or with `--checkpoint
     none` the model from the options and seeded random tokens (batch, context)."""
     from .commands._checkpoint import load_for_cli, uses_checkpoint
-    from .commands._options import CLIError
+    from .commands._options import option_error
     from .model import EquilibriumTransformer, ModelConfig
 
     if uses_checkpoint(args):
@@ -57,7 +57,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
     try:
         config = ModelConfig(**fields)
     except (TypeError, ValueError) as exc:
-        raise CLIError(f"bad model option: {exc}") from None
+        raise option_error("model", exc) from None
     model = EquilibriumTransformer(config, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, args.vocab, (args.batch, args.context), generator=gen)

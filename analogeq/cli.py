@@ -51,6 +51,7 @@ from .commands._options import (
     model_tag,
     nonnegative,
     nonnegative_int,
+    option_error,
     positive,
     positive_int,
     prepare_directory,
@@ -180,7 +181,7 @@ def _hardware_config(args: argparse.Namespace) -> HardwareConfig | None:
             seed=args.seed,
         )
     except (TypeError, ValueError) as exc:
-        raise CLIError(f"bad hardware option: {exc}") from None
+        raise option_error("hardware", exc) from None
 
 
 def _build_model(args: argparse.Namespace, hardware: HardwareConfig | None
@@ -195,7 +196,7 @@ def _build_model(args: argparse.Namespace, hardware: HardwareConfig | None
             dtype=args.dtype or "float32",
         )
     except (TypeError, ValueError) as exc:
-        raise CLIError(f"bad model option: {exc}") from None
+        raise option_error("model", exc) from None
     model = EquilibriumTransformer(config, hardware, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, args.vocab, (args.batch, args.context), generator=gen)

@@ -35,13 +35,41 @@ DTYPES = ("float32", "float64")
 __all__ = ["CLIError", "Parser", "HelpFormatter", "DIGITAL", "DTYPES", "positive",
            "nonnegative", "positive_int", "nonnegative_int", "add_device", "add_dtype",
            "add_output", "add_quiet", "progress_enabled", "run_directory", "prepare_directory",
-           "note", "model_tag", "one_line"]
+           "note", "model_tag", "one_line", "in_flags", "option_error"]
 
 
 def one_line(text: Any, limit: int = 300) -> str:
     """`text` as one line (whitespace collapsed), cut at `limit` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# ModelConfig / HardwareConfig field -> the option that sets it (for messages in CLI words; only
+# names that cannot be ordinary words of a message)
+FIELD_FLAGS = {
+    "vocab_size": "--vocab", "d_model": "--d-model", "n_heads": "--heads",
+    "init_scale": "--init-scale", "attn_gain": "--attn-gain", "norm_eps": "--norm-eps",
+    "lipschitz_target": "--lipschitz-target", "dac_bits": "--dac-bits", "adc_bits": "--adc-bits",
+    "tau_spread": "--tau-spread", "read_noise": "--read-noise", "tau_c": "--tau-c",
+    "drift_time": "--drift-time", "node_noise": "--node-noise", "stuck_at_max": "--stuck-rate",
+}
+
+
+def in_flags(message: Any, flags: dict[str, str] | None = None) -> str:
+    """`message` with the configuration field names it mentions replaced by their options
+    (`FIELD_FLAGS` by default), e.g. "tau_c must be > 0" -> "--tau-c must be > 0"."""
+    import re
+
+    table = FIELD_FLAGS if flags is None else flags
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(table, key=len,
+                                                                           reverse=True)))
+                         + r")(?![\w-])")
+    return pattern.sub(lambda m: table[m.group(1)], str(message))
+
+
+def option_error(what: str, exc: BaseException) -> CLIError:
+    """A `CLIError` "bad <what> option: <message in CLI words>" for a config's ValueError."""
+    return CLIError(f"bad {what} option: {in_flags(exc)}")
 
 
 class CLIError(SystemExit):

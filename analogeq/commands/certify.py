@@ -28,6 +28,7 @@ from ._options import (
     model_tag,
     nonnegative,
     nonnegative_int,
+    option_error,
     positive,
     positive_int,
     prepare_directory,
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                           lipschitz_target=args.lipschitz_target,
                           dtype=args.dtype or "float32")
     except (TypeError, ValueError) as exc:
-        raise CLIError(f"bad model option: {exc}") from None
+        raise option_error("model", exc) from None
     hw = None
     device = args.device
     if device != DIGITAL:
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             dev = dataclasses.replace(preset(device), stuck_at_max=args.stuck_rate)
             hw = HardwareConfig(device=dev, tau_spread=args.tau_spread, seed=args.seed)
         except (TypeError, ValueError) as exc:
-            raise CLIError(f"bad hardware option: {exc}") from None
+            raise option_error("hardware", exc) from None
     elif args.stuck_rate or args.tau_spread:
         raise CLIError("--stuck-rate and --tau-spread need a --device preset")
     tag = model_tag(args.checkpoint)

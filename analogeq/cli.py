@@ -349,8 +349,8 @@ def _add_settle_options(p: argparse.ArgumentParser, default_methods: str | None)
         default=default_methods,
         required=default_methods is None,
         help="comma-separated method names, of " + ", ".join(sorted(METHODS))
-        + (" (default: every one of " + default_methods + " that is registered)"
-           if default_methods else " (required)"),
+        + ("; by default those of the list below that are registered" if default_methods
+           else " (required)"),
     )
     p.add_argument(
         "--eps",

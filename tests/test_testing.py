@@ -114,7 +114,7 @@ def test_certify_cli(tmp_path, capsys):
     cert = data["certificate"]
     assert cert["verdict"] == "certified" and cert["lipschitz"] <= 1.5 * (1 + 1e-4)
     assert cert["eps_safe"] == pytest.approx(2 / (2 + cert["lipschitz"]))
-    with pytest.raises(SystemExit, match="--lipschitz-target must be < 1 \+ c = 2"):
+    with pytest.raises(SystemExit, match=r"--lipschitz-target must be < 1 \+ c = 2"):
         main(args + ["--lipschitz-target", "3"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:

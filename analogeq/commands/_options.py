@@ -94,10 +94,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and epilogs as written (recipes stay pasteable), and every option's default
-    appended to its help unless the help already states it or there is no value to show
-    (flags, options whose default is None: their help says in words what happens)."""
+class HelpFormatter(argparse.HelpFormatter):
+    """One-paragraph descriptions wrapped to the terminal, multi-line descriptions and epilogs
+    as written (recipes stay pasteable), and every option's default appended to its help unless
+    the help already states it or there is no value to show (flags, options whose default is
+    None: their help says in words what happens)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

@@ -199,12 +199,12 @@ def test_existing_run_is_reported_in_cli_words(tmp_path, capsys):
     assert exc.value.code == 2 and "other values of --lr" in err, err
 
 
-def test_config_errors_name_the_flag(capsys):
+def test_config_errors_name_the_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--d-model", "10", "--heads", "3", "--out", "unused-never-created"])
+        main(["train", "--d-model", "10", "--heads", "3", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err.startswith("analogeq train: --d-model must be divisible")
-    assert not Path("unused-never-created").exists()
+    assert not any(tmp_path.iterdir())
 
 
 def test_progress_bars_only_on_request_or_a_terminal(tmp_path, capsys):

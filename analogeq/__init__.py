@@ -1,7 +1,7 @@
 """analogeq: equilibrium transformers on analog hardware: simulate, probe, train, co-design.
 
-Layers (DESIGN.md): `analogeq.integrators` settles any vector field; `analogeq.circuits` models the
-hardware; this package holds the model, built-in systems, reports and the CLI.
+Layers (docs/design.md): `analogeq.integrators` settles any vector field; `analogeq.circuits` models
+the hardware; this package holds the model, built-in systems, reports and the CLI.
 """
 
 from .hardware import HardwareConfig

@@ -24,7 +24,9 @@ from .probes import _json_safe as json_safe
 
 
 class Verdict(enum.Enum):
-    """What a discrete method's behaviour says about the continuous system (DOMAIN.md section 3).
+    """What a discrete method's behaviour says about the continuous system.
+
+    See docs/physics.md section 3.
 
     Ordered by `severity` (the overall verdict is the most severe one).
     """
@@ -108,7 +110,8 @@ class MethodReport:
     * `euler_step`: h such that the method's linear map at z* is I + h J (explicit Euler and
       Euler-Maruyama: eps; IMEX with a scalar leak: eps / (1 + eps leak)); None otherwise.
     * `step_residual`: ||z_{k+1} - z_k|| / ||z_k|| of the last step (largest over the batch);
-      `step_floor`: its median over the tail. Never used to judge convergence (DOMAIN.md 2).
+      `step_floor`: its median over the tail. Never used to judge convergence (docs/physics.md
+      section 2).
     """
 
     label: str

@@ -3,12 +3,13 @@
 * `eps_sweep(force, z0, eps_values, total_time)`: explicit Euler at several step sizes, each for
   the same continuous time eps * N = total_time, reporting per eps the *force*-residual floor
   beside the *step*-residual floor and the prediction from the spectrum at the fixed point
-  (eps_crit, the per-step contraction max |1 + eps mu|). DOMAIN.md section 2: a sweep once
+  (eps_crit, the per-step contraction max |1 + eps mu|). docs/physics.md section 2: a sweep once
   "converged at eps = 0.01" because the step residual eps * g shrank with eps while the force
   residual g floored high; here both are printed side by side and only g is judged.
 * `knockout(model, tokens, scale={"attention_out": alpha})`: the block with a parameter group
-  scaled (on a deep copy), settled and re-probed beside the original: DOMAIN.md's experiment
-  where scaling W_O by 0.2 restored a true fixed point (attention drove the instability).
+  scaled (on a deep copy), settled and re-probed beside the original: the knockout experiment of
+  docs/physics.md section 3 where scaling W_O by 0.2 restored a true fixed point (attention drove
+  the instability).
 """
 
 from __future__ import annotations
@@ -264,9 +265,9 @@ KNOCKOUT_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """Parameter groups `knockout` can scale -> the model's stable module names. Each map's weight and
 bias are both multiplied, so "attention_out" by alpha multiplies the attention branch's output by
-alpha exactly (DOMAIN.md: W_O x 0.2), "ffn_out" the FFN branch's, "input" the drive x_in.
-With qk_norm (the default) "attention_query"/"attention_key" scale only the pre-norm q/k, which
-RMSNorm removes (up to its epsilon)."""
+alpha exactly (docs/physics.md section 3: W_O x 0.2), "ffn_out" the FFN branch's, "input" the drive
+x_in. With qk_norm (the default) "attention_query"/"attention_key" scale only the pre-norm q/k,
+which RMSNorm removes (up to its epsilon)."""
 
 
 @dataclass(frozen=True)

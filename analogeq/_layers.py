@@ -1,13 +1,13 @@
 """Holomorphic-safe building blocks: one function per operation, for real and complex tensors.
 
-Holomorphic EP (DOMAIN.md section 5) evaluates the force at complex states, so every operation of
-the block needs its *holomorphic extension*: the unique complex-analytic function that agrees with
-the real one on real inputs. That rules out anything that conjugates or takes a modulus:
+Holomorphic EP (docs/physics.md section 5) evaluates the force at complex states, so every operation
+of the block needs its *holomorphic extension*: the unique complex-analytic function that agrees
+with the real one on real inputs. That rules out anything that conjugates or takes a modulus:
 
 * LayerNorm / RMSNorm: mean of z, variance as mean((z - mu)^2) (not |z - mu|^2), principal sqrt;
 * softmax: exp(x - m) / sum exp(x - m) with m = max(Re x), a real constant that cancels exactly
   (it only keeps exp from overflowing), so the result stays holomorphic in x;
-* GELU in its tanh form (entire; erf-GELU would be a different function, DOMAIN.md section 1);
+* GELU in its tanh form (entire; erf-GELU would be a different function, docs/physics.md section 1);
 * linear maps with real weights: x @ W^T with W cast to the complex dtype, never W^H.
 
 Dispatch, and why. Each function takes PyTorch's own real kernel for real inputs (F.layer_norm,

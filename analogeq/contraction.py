@@ -1,7 +1,7 @@
 """Contraction certificates: a provable bound on Lip(N), what it proves, and the evidence beside it.
 
 The block's force is F(z) = -(1 + c) z + N(z) with N(z) = x_in + Attn(LN_a z) + FFN(LN_f z)
-(DOMAIN.md section 1). If ||dN/dz(z)||_2 <= L at every state then (DOMAIN.md section 5)
+(docs/physics.md section 1). If ||dN/dz(z)||_2 <= L at every state then (docs/physics.md section 5)
 
 * mu_2(J(z)) <= -(1 + c) + L: for L < 1 + c the flow contracts, the fixed point is unique and every
   trajectory reaches it at rate >= 1 + c - L (||F(z(t))|| <= exp(-(1 + c - L) t) ||F(z(0))||);

@@ -1,5 +1,5 @@
 """Digital fidelity: is a discrete method's failure an artifact of the discretization, or does the
-circuit itself not settle? (DOMAIN.md sections 2-3.)
+circuit itself not settle? (docs/physics.md sections 2-3.)
 
 `compare(force, z0, methods=[...])` runs every discrete method and the continuous reference (a
 tight `ODESolver`, what the analog circuit does), finds the best fixed-point estimate z* per
@@ -222,6 +222,7 @@ def compare(
     margin: float | None = None,
     n_probes: int = 8,
     seed: int = 0,
+    progress: bool = False,
 ) -> FidelityReport:
     """Run discrete methods beside the continuous reference and say whose failure it is.
 
@@ -259,6 +260,7 @@ def compare(
             1e-6 (float64 products) or 1e-3 (float32) times max(1, max |mu|).
         n_probes: Hutchinson probes of the asymmetry (>= 1).
         seed: seed of the probes' random starts.
+        progress: a tqdm bar per settle (each method, the reference, the root-finder).
 
     Returns:
         A `FidelityReport` (`.verdict`, `.text()`, `.to_dict()`, `.plot(path)`).
@@ -294,15 +296,15 @@ def compare(
     runs: dict[str, SettleResult] = {}
     extended: dict[str, dict[str, Any]] = {}
     for label, inst in resolved:
-        res = settle(force, z0, inst, tol=tol, max_steps=max_steps)
-        runs[label], note = _extend(force, inst, res, tol, max_extend)
+        res = settle(force, z0, inst, tol=tol, max_steps=max_steps, progress=progress)
+        runs[label], note = _extend(force, inst, res, tol, max_extend, progress)
         if note is not None:
             extended[label] = note
-    ref = settle(force, z0, reference, tol=tol, max_steps=reference_steps)
+    ref = settle(force, z0, reference, tol=tol, max_steps=reference_steps, progress=progress)
     batch = z0.shape[0]
     ref_conv = [s is Status.CONVERGED for s in ref.sample_status]
     root_tol = min(tol, 1e-10) if z0.dtype == torch.float64 else tol
-    search = _search_roots(force, z0, ref, ref_conv, finders, root_tol, root_steps)
+    search = _search_roots(force, z0, ref, ref_conv, finders, root_tol, root_steps, progress)
     root_res = search.first
     retry = search.retry
 
@@ -444,7 +446,7 @@ class _RootSearch:
 
 def _search_roots(force: Any, z0: Tensor, ref: SettleResult, ref_conv: list[bool],
                   finders: list[tuple[str, Integrator]], tol: float,
-                  steps: int | None) -> _RootSearch:
+                  steps: int | None, progress: bool = False) -> _RootSearch:
     """Escalate through `finders` until every sample has a root (`compare`'s root argument).
 
     A sample whose root is known starts the next finder at it, so it converges at once and costs
@@ -458,7 +460,7 @@ def _search_roots(force: Any, z0: Tensor, ref: SettleResult, ref_conv: list[bool
             break
         keep = search.found.view((-1,) + (1,) * (z0.ndim - 1)).to(z0.device)
         start = torch.where(keep, search.z.to(z0.device, z0.dtype), z0)
-        res = settle(force, start, inst, tol=tol, max_steps=steps)
+        res = settle(force, start, inst, tol=tol, max_steps=steps, progress=progress)
         if search.first is None:
             search.first = res
         search.offer(label, res)
@@ -466,7 +468,7 @@ def _search_roots(force: Any, z0: Tensor, ref: SettleResult, ref_conv: list[bool
             continue
         start = torch.where(keep | search.found.view(keep.shape).to(z0.device),
                             search.z.to(z0.device, z0.dtype), ref.z.to(z0.dtype))
-        retry = settle(force, start, inst, tol=tol, max_steps=steps)
+        retry = settle(force, start, inst, tol=tol, max_steps=steps, progress=progress)
         if search.retry is None:
             search.retry = retry
         search.offer(f"{label} from the reference's end", retry)
@@ -474,7 +476,7 @@ def _search_roots(force: Any, z0: Tensor, ref: SettleResult, ref_conv: list[bool
 
 
 def _extend(force: Any, inst: Integrator, res: SettleResult, tol: float,
-            cap: int | None) -> tuple[SettleResult, dict[str, Any] | None]:
+            cap: int | None, progress: bool = False) -> tuple[SettleResult, dict[str, Any] | None]:
     """Continue the samples still converging when the budget ended (`compare(max_extend=...)`).
 
     Per sample at MAX_STEPS, the rate rho per step is measured on the last quarter of its
@@ -514,7 +516,7 @@ def _extend(force: Any, inst: Integrator, res: SettleResult, tol: float,
         options["rate"] = res.info["rate"].to(torch.float64)
     start = res.z
     # Samples not extended start at their end too; they are cut out again by `chain`.
-    more_res = settle(force, start, inst, tol=tol, max_steps=need, **options)
+    more_res = settle(force, start, inst, tol=tol, max_steps=need, progress=progress, **options)
     sub = np.asarray(rows, dtype=np.int64)
     picked = _subset_result(more_res, index)
     out = chain(res, picked, sub, shared_counter=False)
@@ -599,7 +601,7 @@ def _judge(
     root_status: Status, stability: str, pool: np.ndarray, margin: float, ecrit: Any,
     distance_tol: float, tol: float, reference_steps: int,
 ) -> SampleVerdict:
-    """The verdict of one method on one sample (module docstring; DOMAIN.md section 3)."""
+    """The verdict of one method on one sample (module docstring; docs/physics.md section 3)."""
     status = res.sample_status[i]
     force_res = float(res.residual[i])
     cyc = res.cycles[i] if res.cycles else None
@@ -723,7 +725,7 @@ def _judge(
                   "find a root with another root-finder, e.g. compare(..., root=ImplicitEuler("
                   "eps=10.0)) (Newton-Krylov steps also converge to unstable roots), or a longer "
                   "root_steps; a root-finder that cannot drive the residual to ~0 is evidence that "
-                  "no root exists near z0 (DOMAIN.md section 3)")
+                  "no root exists near z0 (docs/physics.md section 3)")
     return sv(Verdict.NOT_CONVERGED, f"{status.value}; {ref_txt}; the spectrum at the root is "
               f"{stability}", _spectrum_next(stability))
 

@@ -33,9 +33,9 @@ RMS of the map's inputs (resp. of W x, with the programmed weights) over a calib
 model's own decoupled operating point x_in / (1 + c), on seeded random tokens (standard-normal
 features for a feature model) or on the user's inputs (`model.program(calibration=...)`). 4 sigma
 clips ~6e-5 of Gaussian entries; x_in / (1 + c) is within a few per cent of z* for the contracting
-initial couplings (DOMAIN.md section 6). A tile that covers part of a map's inputs gets its ADC
-bound scaled by sqrt(tile inputs / map inputs) (partial sums of independent terms). The DAC's full
-scale is the read voltage: V_j = x_j * v_read / input_bound.
+initial couplings (docs/physics.md section 6). A tile that covers part of a map's inputs gets its
+ADC bound scaled by sqrt(tile inputs / map inputs) (partial sums of independent terms). The DAC's
+full scale is the read voltage: V_j = x_j * v_read / input_bound.
 
 Node dynamics and time constants. The block becomes the circuit tau_i dz_i/dt = F_i(z): one node
 (capacitor C, leak conductance) per state entry, i.e. each token position has its own node array

@@ -1,4 +1,5 @@
-"""The equilibrium transformer block (DOMAIN.md section 1): a force, its fixed point, a readout.
+"""The equilibrium transformer block (docs/physics.md section 1): a force, its fixed point, a
+readout.
 
 There are no layers to unroll. The block's output is the fixed point z* of
 
@@ -89,9 +90,9 @@ class ModelConfig:
         context: largest sequence length T (>= 1); sets the size of the position table.
 
     Model:
-        c: extra leak (>= 0): the state decays at rate 1 + c (DOMAIN.md: c = 1).
+        c: extra leak (>= 0): the state decays at rate 1 + c (docs/physics.md section 1: c = 1).
         qk_norm: RMSNorm (with learned gain) on each head's queries and keys: bounds the logits.
-        ffn_mult: FFN width as a multiple of C (>= 1; DOMAIN.md: 4).
+        ffn_mult: FFN width as a multiple of C (>= 1; default 4).
         n_classes: None -> language model (logits over the vocabulary); an int >= 2 -> per-token
             classification logits of that size.
         input_dim: None -> token ids through an embedding table; an int >= 1 -> continuous
@@ -107,14 +108,14 @@ class ModelConfig:
 
     Initialisation (see `EquilibriumTransformer.reset_parameters`):
         init_scale: gain of the branch output maps attn.o and ffn.down (> 0): weights
-            N(0, init_scale^2 / fan_in). Small values make the relaxation contract (DOMAIN.md
+            N(0, init_scale^2 / fan_in). Small values make the relaxation contract (docs/physics.md
             section 6); the default is measured to settle fast (tests/test_model.py).
         embed_scale: per-entry std of x_in = token embedding + position embedding (> 0); each
             table starts at std embed_scale / sqrt(2) (and the feature projection maps
             unit-variance features to that std).
         attn_gain: multiplier of the attention logit scale 1 / sqrt(head size) (> 0).
 
-    Contraction by construction (DOMAIN.md section 5; `analogeq.contraction`):
+    Contraction by construction (docs/physics.md section 5; `analogeq.contraction`):
         lipschitz_target: None (off, the default) or a bound L with 0 < L < 1 + c. The branch
             output maps attn.o and ffn.down are then rescaled (at initialisation and by
             `model.enforce_lipschitz()`, e.g. after every optimiser step) so that the provable
@@ -290,7 +291,7 @@ class BlockForce:
       the holomorphic extension. Output: same shape and dtype as z, in state units per tau.
     * `leak` = 1 + c (float); `nonlinear(z)` = x_in + Attn(LN_a z) + FFN(LN_f z).
     * `attention(z)`, `ffn(z)`: the two branches; `coupling(z)` = their sum (the
-      non-conservative part whose Jacobian regularisers penalise, DOMAIN.md section 5).
+      non-conservative part whose Jacobian regularisers penalise, docs/physics.md section 5).
     * `x_in` (batch, T, C): the input drive, recomputed from the model's current parameters on
       every access (so gradients with respect to the embeddings flow through every evaluation).
     * `select(index)`: the force on the samples `index` (1-D LongTensor).
@@ -488,7 +489,8 @@ class EquilibriumTransformer(nn.Module):
     def reset_parameters(self, seed: int | torch.Generator | None = None) -> None:
         """(Re)initialise every parameter.
 
-        Scheme (DOMAIN.md section 6: start couplings small enough that the relaxation contracts):
+        Scheme (docs/physics.md section 6: start couplings small enough that the relaxation
+        contracts):
         * tables `embed`, `pos`: N(0, embed_scale^2 / 2), so x_in has per-entry std embed_scale
           and the decoupled fixed point x_in / (1 + c) is well away from 0 (LayerNorm's Jacobian
           scales like 1 / std(z));

@@ -1,5 +1,5 @@
 """Probes of a force at a state: Jacobian spectrum, log-norm, Euler's critical step, asymmetry,
-cycles and finite-time Lyapunov exponents (DOMAIN.md sections 2, 3 and 5).
+cycles and finite-time Lyapunov exponents (docs/physics.md sections 2, 3 and 5).
 
 Everything here works on any force of the integrators' protocol (a callable F(z) on (batch, ...)),
 batched and matrix-free: the Jacobian J = dF/dz is only ever applied to vectors (J v by automatic
@@ -186,7 +186,9 @@ class LognormResult:
 
 @dataclass(frozen=True)
 class EulerStep:
-    """Explicit Euler's stability limit from a set of Jacobian eigenvalues (DOMAIN.md section 3).
+    """Explicit Euler's stability limit from a set of Jacobian eigenvalues.
+
+    See docs/physics.md section 3.
 
     For mu = a + ib, |1 + eps mu| < 1 iff a < 0 and eps < -2a / (a^2 + b^2).
 
@@ -251,7 +253,7 @@ class AsymmetryResult:
 
     * `ratio`: (batch,) ||A||_F / ||S||_F, Hutchinson estimate sqrt(sum_j ||A v_j||^2 /
       sum_j ||S v_j||^2) over Rademacher probes v_j (E[v v^T] = I). 0 for a conservative
-      (gradient) force; DOMAIN.md section 5's asymmetry ratio r = ||A|| / sqrt(||A||^2 + ||S||^2)
+      (gradient) force; the asymmetry ratio r = ||A|| / sqrt(||A||^2 + ||S||^2)
       is `ratio / sqrt(1 + ratio^2)`.
     * `relative`: (batch,) mean over probes of ||J v - J^T v|| / ||J v|| (= 2 ||A v|| / ||J v||).
     * `relative_probes`: (n_probes, batch) the per-probe values behind `relative`.
@@ -1000,7 +1002,7 @@ def euler_critical_step(eigs: Tensor | EigResult | np.ndarray | Sequence[complex
     eps_crit = min over eigenvalues with Re mu < 0 of -2 Re mu / |mu|^2 (the largest step with
     |1 + eps mu| < 1 for all of them); inf when none has Re mu < 0. Eigenvalues with Re mu >= 0 are
     reported (`EulerStep.nonnegative`, `unstable`): the continuous dynamics itself is then not
-    stable there, and no step size helps (DOMAIN.md section 3).
+    stable there, and no step size helps (docs/physics.md section 3).
 
     Args:
         eigs: complex eigenvalues (batch, k) (e.g. `jacobian_eigs`), a 1-D (k,) set for a single
@@ -1082,7 +1084,7 @@ def find_eps_crit(
 
     `euler_critical_step(eigs)` is only as good as the eigenvalues it is given: the mode that
     limits Euler is often neither of largest real part nor of largest magnitude (a stiff *rotating*
-    mode, DOMAIN.md section 3). This search closes the gap:
+    mode, docs/physics.md section 3). This search closes the gap:
 
     1. start from eps_hat = min over the known eigenvalues (`known`, plus the k of largest
        magnitude) of -2 Re mu / |mu|^2, an upper bound on eps_crit;
@@ -1214,7 +1216,7 @@ def asymmetry(
     per-sample loop is needed).
 
     The leak is symmetric: for F = -leak z + N(z), S contains -leak I. To measure the coupling's
-    own asymmetry (DOMAIN.md section 5's J_nc), pass the coupling as the force, e.g.
+    own asymmetry (docs/physics.md section 5's J_nc), pass the coupling as the force, e.g.
     `asymmetry(block_force.coupling, z)`.
 
     Args:
@@ -1521,7 +1523,7 @@ class ProbeReport:
       map at `eps` (which="euler"), or None when eps is None.
     * `euler`: eps_crit and the Re mu >= 0 flags from both sets together.
     * `lognorm`: mu_2(J); `asymmetry`: ||A||_F / ||S||_F and ||Jv - J^T v|| / ||Jv||.
-    * `residual`: force residual ||F(z)|| / ||z|| per sample at the probed state (DOMAIN.md
+    * `residual`: force residual ||F(z)|| / ||z|| per sample at the probed state (docs/physics.md
       section 2): the spectrum is a stability verdict only where this is ~0.
     """
 
@@ -1707,7 +1709,8 @@ def probe_report(
     Args:
         force, z: the force and the state (batch, ...), usually a settled fixed point.
         k: eigenvalues per set (see `jacobian_eigs`).
-        eps: the Euler step of interest (time units, > 0; DOMAIN.md's digital default 0.1), or None
+        eps: the Euler step of interest (time units, > 0; the digital default 0.1 of docs/physics.md
+        section 1), or None
             to skip the Euler-dominant set.
         n_probes: Hutchinson probes for the asymmetry.
         method, dtype, tol, ncv, maxiter, ad: as in `jacobian_eigs` (tol/ncv/maxiter also set the

@@ -1,7 +1,7 @@
 """Built-in fidelity scenarios: small operators whose verdict is known (`analogeq fidelity`).
 
 Each scenario is a force, a start state, the discrete methods to judge, and the verdict
-`analogeq.fidelity.compare` must reach (DOMAIN.md section 3):
+`analogeq.fidelity.compare` must reach (docs/physics.md section 3):
 
 * `healthy`: `ContractiveTanh` (Lip(N) = 1.5 < leak 2): Euler at eps 0.1 contracts
   (eps < 2 / (1 + c + L) = 0.57) -> FAITHFUL.

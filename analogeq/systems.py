@@ -2,7 +2,7 @@
 
 Each is a force in the integrators' protocol (callable on (batch, n), `leak` + `nonlinear` split,
 `select`), float64 by default, with its fixed point and Jacobian spectrum where they are analytic.
-They reproduce the three behaviours of DOMAIN.md section 3 in two dimensions:
+They reproduce the three behaviours of docs/physics.md section 3 in two dimensions:
 
 * `SaturatingRotor`: a stable focus (Re mu = -a < 0) with a fast rotation b. The continuous system
   settles; explicit Euler past eps_crit = 2a / (a^2 + b^2) grows until tanh saturates and cycles:

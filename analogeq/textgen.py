@@ -76,6 +76,7 @@ def generate(
     tol: float = 1e-5,
     max_steps: int = 200,
     fallback_steps: int = 300,
+    progress: bool = False,
 ) -> Generated:
     """Generate `n_chars` characters after `prompt` (module docstring).
 
@@ -88,6 +89,7 @@ def generate(
         seed: seed of the sampling generator (reproducible samples).
         method, tol, max_steps: the settle of each step (`model.settle`).
         fallback_steps: IMEX continuation of a settle that did not converge (0 = off).
+        progress: show a tqdm bar (one tick per character, with the count of unsettled ones).
 
     Returns:
         `Generated` (text, unsettled count, NFE, statuses).
@@ -102,6 +104,8 @@ def generate(
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
     context = int(model.config.context)
     device = model.causal_mask.device
     ids = _encode(prompt).to(device)
@@ -112,33 +116,58 @@ def generate(
     nfe = 0
     prev_z: torch.Tensor | None = None
     prev_len = 0
-    for _ in range(n_chars):
-        window = ids[-context:][None, :]
-        z0: torch.Tensor | None = None
-        if prev_z is not None and window.shape[1] == prev_len + 1:
-            # growing window, causal attention: the old rows are at their fixed point already
-            force = model.force(window)
-            start = model.initial_state(force)
-            z0 = torch.cat([prev_z, start[:, -1:]], dim=1)
-        res = model.settle(window, method, z0=z0, tol=tol, max_steps=max_steps)
-        nfe += int(res.nfe)
-        if res.status is not Status.CONVERGED and fallback_steps:
-            more = model.settle(window, "imex", z0=res.z, tol=tol, max_steps=fallback_steps)
-            nfe += int(more.nfe)
-            res = more
-        statuses.append(res.status)
-        logits = model.readout(res.z)[0, -1].to(torch.float64)
-        if not torch.isfinite(logits).all():
-            raise FloatingPointError(f"non-finite logits after a settle with status "
-                                     f"{res.status.value} at character {len(out)}")
-        if temperature == 0:
-            nxt = int(logits.argmax())
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = int(torch.multinomial(probs, 1, generator=gen))
-        out.append(nxt)
-        prev_z, prev_len = res.z, window.shape[1]
-        ids = torch.cat([ids, torch.tensor([nxt], dtype=ids.dtype, device=device)])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_chars, desc="generate", unit="char", leave=False)
+    try:
+        for _ in range(n_chars):
+            nxt, prev_z, status, used = _next_char(model, ids, context, prev_z, prev_len, method,
+                                                   tol, max_steps, fallback_steps, temperature,
+                                                   gen, len(out))
+            nfe += used
+            statuses.append(status)
+            out.append(nxt)
+            prev_len = min(ids.numel(), context)
+            ids = torch.cat([ids, torch.tensor([nxt], dtype=ids.dtype, device=device)])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(unsettled=sum(s is not Status.CONVERGED for s in statuses))
+    finally:
+        if bar is not None:
+            bar.close()
     text = "".join(TEXT_ALPHABET[i] for i in out)
     unsettled = sum(s is not Status.CONVERGED for s in statuses)
     return Generated(prompt=folded, text=text, unsettled=unsettled, nfe=nfe, statuses=statuses)
+
+
+def _next_char(model: Any, ids: torch.Tensor, context: int, prev_z: torch.Tensor | None,
+               prev_len: int, method: str, tol: float, max_steps: int, fallback_steps: int,
+               temperature: float, gen: torch.Generator, index: int
+               ) -> tuple[int, torch.Tensor, Status, int]:
+    """One character: settle the window (warm-started from the previous window's fixed point
+    when it grew by one), continue with IMEX if needed, draw from the last position's logits.
+    Returns (the character id, the settled state, its status, force evaluations used)."""
+    window = ids[-context:][None, :]
+    z0: torch.Tensor | None = None
+    if prev_z is not None and window.shape[1] == prev_len + 1:
+        # growing window, causal attention: the old rows are at their fixed point already
+        force = model.force(window)
+        start = model.initial_state(force)
+        z0 = torch.cat([prev_z, start[:, -1:]], dim=1)
+    res = model.settle(window, method, z0=z0, tol=tol, max_steps=max_steps)
+    nfe = int(res.nfe)
+    if res.status is not Status.CONVERGED and fallback_steps:
+        res = model.settle(window, "imex", z0=res.z, tol=tol, max_steps=fallback_steps)
+        nfe += int(res.nfe)
+    logits = model.readout(res.z)[0, -1].to(torch.float64)
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError(f"non-finite logits after a settle with status "
+                                 f"{res.status.value} at character {index}")
+    if temperature == 0:
+        nxt = int(logits.argmax())
+    else:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        nxt = int(torch.multinomial(probs, 1, generator=gen))
+    return nxt, res.z, res.status, nfe

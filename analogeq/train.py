@@ -62,10 +62,13 @@ import torch
 from torch import Tensor
 
 from . import integrators
+from ._io import atomic_write, stale_temporaries
 from ._train_checkpoint import (
     FORMAT,
     MODEL_FORMAT,
+    CheckpointError,
     capture_rng,
+    check_shapes,
     read_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -87,6 +90,9 @@ __all__ = [
     "checkpoint_info",
     "default_model",
     "DEFAULT_CHECKPOINT",
+    "CheckpointError",
+    "RunExistsError",
+    "ConfigMismatchError",
     "RULES",
     "make_estimator",
     "hardware_for_training",
@@ -104,6 +110,27 @@ DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "digits.pt"
 # fields that may differ between a run and its resumption
 _RESUMABLE_CHANGES = {"steps", "resume", "progress", "plots", "overwrite", "eval_every",
                       "checkpoint_every", "out", "name", "time_budget"}
+# files of a run directory written through atomic_write (their stale temporaries are removed)
+_RUN_FILES = ("checkpoint.pt", "best.pt", "log.jsonl", "config.json", "result.json")
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a checkpoint and neither resume nor overwrite was asked
+    for. `path` is the checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        super().__init__(f"{path} exists: pass resume=True to continue it, overwrite=True to start "
+                         "over, or choose another name / out")
+
+
+class ConfigMismatchError(ValueError):
+    """A resumed run's config differs from its checkpoint's in `fields` (TrainConfig names)."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = Path(path), list(fields)
+        super().__init__(f"cannot resume {path}: the config differs in {self.fields} (only "
+                         f"{sorted(_RESUMABLE_CHANGES)} may change on resume)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,8 +291,9 @@ class TrainConfig:
             norm (>= 0; 0 = off; `ResidualPenalty(fraction=...)`).
 
     Guard:
-        guard_residual: free residual that triggers a rollback (> 0; DOMAIN.md: 0.3).
-        guard_lr_factor: learning-rate factor per rollback (in (0, 1)). max_rollbacks (>= 0).
+        guard_residual: free residual that triggers a rollback (> 0; default 0.3, docs/physics.md
+        section 6). guard_lr_factor: learning-rate factor per rollback (in (0, 1)). max_rollbacks
+        (>= 0).
     """
 
     task: str = "digits"
@@ -706,15 +734,41 @@ class Trainer:
         self.last_loss = float(data.get("last_loss", math.nan))
 
     def _check_resumable(self, data: dict[str, Any]) -> None:
+        if not isinstance(data["config"], dict):
+            raise CheckpointError(f"{self.checkpoint_path}: its 'config' entry is a "
+                                  f"{type(data['config']).__name__}, not a dict")
         # a field added after the checkpoint was written counts as its default there
         old = {**TrainConfig().to_dict(), **data["config"]}
         new = self.config.to_dict()
         diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
         if diff:
-            raise ValueError(
-                f"cannot resume {self.checkpoint_path}: the config differs in {diff} (only "
-                f"{sorted(_RESUMABLE_CHANGES)} may change on resume)"
-            )
+            raise ConfigMismatchError(self.checkpoint_path, diff)
+
+    def _resume_from(self, data: dict[str, Any]) -> None:
+        """Restore a checked checkpoint of this run; a `CheckpointError` naming the file when its
+        weights or states do not fit the run's model (shapes, optimiser, generators)."""
+        path = self.checkpoint_path
+        check_shapes({k: v.shape if isinstance(v, Tensor) else None
+                      for k, v in self.model.state_dict().items()}, data["model"], path,
+                     "the run's model")
+        try:
+            self._restore(data)
+        except CheckpointError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: cannot resume from it: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temp files of atomic writes a killed run left behind (`.checkpoint.pt.*.tmp`, ...)."""
+        stale = stale_temporaries(self.run_dir, _RUN_FILES)
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            warnings.warn(f"removed {len(stale)} stale temporary file(s) of an interrupted write "
+                          f"in {self.run_dir} ({stale[0].name}"
+                          + (", ..." if len(stale) > 1 else "") + ")", RuntimeWarning,
+                          stacklevel=3)
 
     # -- hardware ----------------------------------------------------------------------------------
     def _inject_noise(self) -> dict[str, Any]:
@@ -988,24 +1042,29 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------
     def _start(self) -> None:
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        exists = self.checkpoint_path.is_file()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.run_dir)) from exc
+        self._remove_stale_temporaries()
+        exists = self.checkpoint_path.exists()
         if exists and cfg.resume:
             data = read_checkpoint(self.checkpoint_path)
+            if data["format"] != FORMAT:
+                raise CheckpointError(f"{self.checkpoint_path} holds a model only (format "
+                                      f"{data['format']!r}), not a training state to resume")
             self._check_resumable(data)
-            self._restore(data)
+            self._resume_from(data)
             self.log = JsonlLog(self.log_path)
             self.log.truncate_after(self.step)
             self.log.write({"kind": "event", "what": "resume", "step": self.step})
             return
         if exists and not cfg.overwrite:
-            raise FileExistsError(
-                f"{self.checkpoint_path} exists: pass resume=True to continue it, overwrite=True "
-                "to start over, or choose another name / out"
-            )
+            raise RunExistsError(self.checkpoint_path)
         for p in (self.log_path, self.best_path):
-            p.unlink(missing_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            if p.is_file():
+                p.unlink()
+        _write_json(self.run_dir / "config.json", cfg.to_dict())
         self.log = JsonlLog(self.log_path)
         if cfg.init_from is not None:
             self._load_initial_weights(cfg.init_from)
@@ -1021,9 +1080,8 @@ class Trainer:
         ours = {k: v for k, v in self.model_config.to_dict().items() if k != "dtype"}
         if theirs != ours:
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise ValueError(f"init_from {path}: its model config differs from the run's in "
-                             f"{diff}")
-        _load_nominal(self.model, data["nominal"], f"init_from {path}: parameters differ")
+            raise CheckpointError(f"{path}: its model config differs from the run's in {diff}")
+        _load_nominal(self.model, data["nominal"], path, "the run's model")
         if self.hardware is not None:
             self.model.program()  # the chip holds the new weights (also for device updates)
 
@@ -1114,8 +1172,7 @@ class Trainer:
                              wall=self.elapsed, run_dir=self.run_dir, last_loss=self.last_loss)
         self.log.write({"kind": "event", "what": "end", "step": self.step, "status": status})
         self.log.close()
-        (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2,
-                                                             default=str))
+        _write_json(self.run_dir / "result.json", result.to_dict())
         if cfg.plots:
             plot_training(self.log_path, self.run_dir / "training.png",
                           title=f"{cfg.name}: {cfg.task}, {cfg.rule}"
@@ -1149,6 +1206,10 @@ def save_model(path: str | Path, model: EquilibriumTransformer, *, task: str | N
     return save_checkpoint(path, payload)
 
 
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda fh: fh.write(json.dumps(data, indent=2, default=str)))
+
+
 def checkpoint_info(path: str | Path | None = None) -> dict[str, Any]:
     """Provenance of a checkpoint (training or model-only): format, task, model_config, metrics
     (best evaluation), train config, step. `path` None: the shipped default."""
@@ -1162,27 +1223,36 @@ def checkpoint_info(path: str | Path | None = None) -> dict[str, Any]:
     }
 
 
-def _load_nominal(model: EquilibriumTransformer, nominal: dict[str, Tensor], what: str) -> None:
+def _load_nominal(model: EquilibriumTransformer, nominal: dict[str, Tensor], path: str | Path,
+                  what: str = "its model_config") -> None:
     """Copy a checkpoint's nominal weights into `model` (cast to its dtype and device); a
-    ValueError starting with `what` when the parameter names differ."""
-    own = {n for n, _ in model.named_parameters()}
-    absent, unexpected = sorted(own - set(nominal)), sorted(set(nominal) - own)
-    if absent or unexpected:
-        raise ValueError(f"{what}: missing {absent}, unexpected {unexpected}")
+    `CheckpointError` naming `path` when the parameter names or shapes differ from `what`."""
+    check_shapes({n: p.shape for n, p in model.named_parameters()}, nominal, path, what)
     model.load_state_dict(nominal, strict=False)
 
 
-def load_checkpoint(path: str | Path, hardware: Any = None) -> EquilibriumTransformer:
+def load_checkpoint(path: str | Path, hardware: Any = None,
+                    dtype: str | torch.dtype | None = None) -> EquilibriumTransformer:
     """An `EquilibriumTransformer` with the nominal weights of a checkpoint (training
     checkpoint.pt or model-only best.pt / shipped file), in eval mode.
 
     `hardware`: None (digital) or a `HardwareConfig`: the weights are then programmed onto its
-    crossbars (a programming event from the chip's seed).
+    crossbars (a programming event from the chip's seed). `dtype`: None (the checkpoint's own)
+    or a dtype (name) the model is built in. A file that is not a complete checkpoint, holds
+    non-finite weights or weights of other shapes than its model config raises a
+    `CheckpointError` naming it (`analogeq._train_checkpoint`).
     """
     data = read_checkpoint(path)
-    config = ModelConfig.from_dict(data["model_config"])
+    fields = dict(data["model_config"])
+    if dtype is not None:
+        fields["dtype"] = dtype
+    try:
+        config = ModelConfig.from_dict(fields)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its model_config is invalid: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
     model = EquilibriumTransformer(config, hardware=hardware, seed=0)
-    _load_nominal(model, data["nominal"], f"checkpoint {path} does not match its model config")
+    _load_nominal(model, data["nominal"], path)
     if hardware is not None:
         model.program()
     return model.eval()

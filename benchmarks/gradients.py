@@ -18,7 +18,8 @@ Rows (settings chosen once, as a user would, and documented; never tuned on the 
 * `holomorphic`: HolomorphicEP(radius=30 (quick: 2), points=4): 1 complex + 2 real nudged phases.
 * `adjoint`: the exact equilibrium gradient, ImplicitAdjoint() (Anderson free phase, GMRES on VJPs,
   rtol 1.2e-5 in float32).
-* `bptt`: BPTT(150) through ExplicitEuler(eps=0.1) from x_in / (1 + c) (DOMAIN.md T1 = 150).
+* `bptt`: BPTT(150) through ExplicitEuler(eps=0.1) from x_in / (1 + c) (docs/physics.md section 1:
+  about 150 steps).
 
 Accuracy: cosine and norm ratio over all parameters (and the worst parameter group) to the exact
 adjoint gradient computed in float32 (the `adjoint` row) and to one computed in float64 on a float64

@@ -1,11 +1,11 @@
 """Operators for the settle benchmark: the same force objects for every method, ours and the peers'.
 
-Each operator is a force in the integrators' protocol (DESIGN.md): callable F(z) -> dz/dt on a
+Each operator is a force in the integrators' protocol (docs/design.md): callable F(z) -> dz/dt on a
 state of shape (batch, ...), with the split F(z) = -leak * z + nonlinear(z) and `select(index)` (so
 settled samples stop costing evaluations). They are deliberately defined here, not imported from
 `analogeq`, so that the benchmark measures a fixed workload while the model code evolves.
 
-* `TransformerBlock`: a random equilibrium-transformer block (DOMAIN.md section 1),
+* `TransformerBlock`: a random equilibrium-transformer block (docs/physics.md section 1),
       F(z) = x_in - 2 z + Attn(LN z) + FFN(LN z),
   causal multi-head attention with independent WQ, WK, WV, WO and RMS-normalised q and k
   ("qk-norm"), a 4x FFN with tanh-GELU, one parameter-free LayerNorm feeding both branches. The

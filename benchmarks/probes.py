@@ -5,7 +5,7 @@ matrix-free (ARPACK on JVPs) overtakes the dense Jacobian.
 
 Workload: `analogeq.EquilibriumTransformer` (float32, default initialisation, seed 0), batch 1,
 sizes from T8 C32 (n = 256 state entries) to T128 C512 (n = 65536), each settled first with
-Anderson to a force residual ||F(z)|| / ||z|| <= 1e-5 (the probes' operating point: DOMAIN.md
+Anderson to a force residual ||F(z)|| / ||z|| <= 1e-5 (the probes' operating point: docs/physics.md
 section 3 asks for the spectrum *at the fixed point*).
 
 Rows, per size:

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/settle.py [--quick] [--out benchmarks/results/settle.json]
 
 Every row settles the same operator (benchmarks/operators.py) from the same z0 to a force residual
-||F(z)|| / ||z|| = 1e-5 (DOMAIN.md section 2) and is judged by recomputing that residual at the
-returned z, never by a solver's own claim.
+||F(z)|| / ||z|| = 1e-5 (docs/physics.md section 2) and is judged by recomputing that residual at
+the returned z, never by a solver's own claim.
 
 Peers and how their tolerance is converted (see also BENCHMARKS.md):
 * torchdeq (`anderson_solver`, `broyden_solver`, `fixed_point_iter`, called exactly as
@@ -81,7 +81,7 @@ _B, _R, _S = "block", "rotor", "stiff"
 # option fixes it, so that both the default's failure and the method's capability are visible.
 OURS: dict[str, list[dict[str, tuple[dict[str, Any], int]]]] = {
     "euler": [{
-        _B: ({"eps": 0.1}, 4000),  # DOMAIN.md digital baseline
+        _B: ({"eps": 0.1}, 4000),  # the digital baseline (docs/physics.md section 1)
         _R: ({"eps": 0.1}, 2000),  # past eps_crit = 0.077: expected to cycle
         _S: ({"eps": STIFF_EULER_EPS}, 20000),
     }],
@@ -757,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def calibrate_block(op: Operator) -> dict[str, Any]:
-    """Per-sample leading eigenvalues of J at a tightly settled fixed point (DOMAIN.md sec. 3)."""
+    """Per-sample leading eigenvalues of J at a tightly settled fixed point (docs/physics.md 3)."""
     ref = settle(op.force, op.z0.clone(), "euler", tol=1e-6, max_steps=20000, eps=0.1)
     per = []
     for i in range(op.z0.shape[0]):

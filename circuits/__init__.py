@@ -1,6 +1,6 @@
 """analogeq.circuits: analog hardware (devices, crossbars, periphery, netlists, SPICE).
 
-Knows nothing of the transformer model (DESIGN.md); may import analogeq.integrators.
+Knows nothing of the transformer model (docs/design.md); may import analogeq.integrators.
 """
 
 from .crossbar import AnalogLinear, Crossbar, PulseResult

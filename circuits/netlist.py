@@ -30,8 +30,8 @@ node voltages, shape (batch, n_state), volts, in time units of `tau` seconds:
 
 where G_ii is the node's passive self-conductance: G_leak,i plus every conductance attached to it
 (the diagonal of the nodal conductance matrix; = G_leak / C when the leak is the node's only
-conductance). This is the leak/nonlinear split of DOMAIN.md section 4 (the leak is linear, >= 0,
-and exact for IMEX/implicit methods). `tau="node"` (default) is the median node time constant
+conductance). This is the leak/nonlinear split of docs/physics.md section 4 (the leak is linear, >=
+0, and exact for IMEX/implicit methods). `tau="node"` (default) is the median node time constant
 C_i / G_ii, so that a unit-gain circuit relaxes at rate ~1; `tau=1.0` gives dz/dt in volts per
 second (the SPICE clock). The force evaluates every aux node and behavioural source vectorized:
 expressions of identical structure (e.g. the 100 tanh amplifiers of a Hopfield net) in the same

@@ -1,4 +1,4 @@
-"""The instability wall, reproduced (issue 6; DOMAIN.md sections 3 and 6).
+"""The instability wall, reproduced (issue 6; docs/physics.md sections 3 and 6).
 
 Two training runs of the same small equilibrium transformer that differ only in the Jacobian
 penalty's controller:
@@ -18,7 +18,7 @@ Every `--probe-every` steps both runs are probed on a fixed batch of training sa
 3. the leading Jacobian eigenvalues there, `jacobian_eigs(force, z, k, which="LR")` per sample;
    the "leading pair" of the probe is the eigenvalue with the largest real part over the probe
    samples (its Im says whether it is a complex pair: a Hopf-type instability when Re > 0, a real
-   / saddle-node one when Im = 0, DOMAIN.md section 3);
+   / saddle-node one when Im = 0, docs/physics.md section 3);
 4. where that sample's Re mu > 0 or its Euler relaxation did not converge: the continuous
    dynamics (dopri5, the circuit) from the same start, and `detect_cycle` on both tails.
 

@@ -1,7 +1,7 @@
 """analogeq.integrators: settle any vector field dz/dt = F(z), with pluggable methods.
 
-Knows nothing of circuits or transformers (DESIGN.md). Public names are re-exported here; modules
-starting with an underscore are private.
+Knows nothing of circuits or transformers (docs/design.md). Public names are re-exported here;
+modules starting with an underscore are private.
 """
 
 from ._base import Integrator, StepState

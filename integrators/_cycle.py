@@ -1,7 +1,7 @@
 """Tail analysis of a force-residual trace: converging, floored, or cycling?
 
-DOMAIN.md section 3, lesson 2: a short residual probe fools you; judge the *tail* of a long run. A
-limit cycle shows as a floor (the envelope stops decaying) with a non-monotone tail. A slowly
+docs/physics.md section 3, point 2: a short residual probe fools you; judge the *tail* of a long
+run. A limit cycle shows as a floor (the envelope stops decaying) with a non-monotone tail. A slowly
 converging spiral is non-monotone too, but its envelope still decays, so the floor test comes first.
 
 The tail is the last `max(2 * min_tail, tail_fraction * n)` entries. It is cut into halves; the

@@ -77,7 +77,7 @@ class Trace:
     * `residual`: (n+1,) largest force residual over the batch at each step (finished samples keep
       their final value).
     * `step_residual`: (n,) largest step residual ||z_{k+1} - z_k|| / ||z_k|| over the active
-      samples (never use it to judge convergence, DOMAIN.md section 2).
+      samples (never use it to judge convergence, docs/physics.md section 2).
     * `step_size`: (n,) largest step size (time units) over the active samples; NaN for
       root-finders.
     * `time`: (n+1,) largest continuous time reached; None for root-finders.

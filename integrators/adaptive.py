@@ -44,7 +44,7 @@ class AdaptiveEuler(Integrator):
             with default options). Default `Overshoot()`: fast settling at the edge of Euler's
             stability; `PI()` follows the continuous relaxation to a local accuracy instead.
         eps: initial step size in time units, within the controller's [eps_min, eps_max].
-            Default 0.1, the digital baseline of DOMAIN.md section 1.
+            Default 0.1, the digital baseline of docs/physics.md section 1.
         max_retries: retries of a rejected sample inside one step (0 to 100). Default 4: a
             rejection shrinks eps by at least the controller's min_factor (PI: 0.2), so 4 retries
             span a factor 625, more than any single jump in stiffness between two steps needs; the

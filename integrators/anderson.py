@@ -2,18 +2,19 @@
 
 A root-finder, not a time stepper: it looks for F(z) = 0 and has no continuous time (`t` is None).
 It finds a root much faster than a relaxation, also where a coarse Euler step cycles (a stiff
-rotating mode), but it cannot create a stable root (DOMAIN.md section 4): when none exists its best
-residual stops improving and the sample ends STALLED with the best point it found as `z` (DOMAIN.md
-section 3, lesson 3: the eigenvalues at that point say why). A root it finds need not be stable
-for the continuous dynamics; the probes decide that.
+rotating mode), but it cannot create a stable root (docs/physics.md section 4): when none exists its
+best residual stops improving and the sample ends STALLED with the best point it found as `z`
+(docs/physics.md section 3, point 3: the eigenvalues at that point say why). A root it finds need
+not be stable for the continuous dynamics; the probes decide that.
 
 The map. Per entry G(z) = z + h F(z), computed from the F the loop already holds (one force
 evaluation per iteration, FSAL):
 * plain force: h = eps, the explicit-Euler map. Default eps = 0.3: the scale of F is unknown, and
   Anderson with a small memory needs a Picard map that does not expand much (|1 + h mu| of order
-  one for the leading Jacobian eigenvalues mu); 0.3 suits forces like DOMAIN.md's with leak 2
-  (measured on the systems below without their split: 0.1 and 0.2 cost up to 2x more evaluations
-  on the blocks, 0.5 lost a rotor sample; a rotation-dominated linear system needs eps <= 0.3).
+  one for the leading Jacobian eigenvalues mu); 0.3 suits forces like the block's (docs/physics.md
+  section 1) with leak 2 (measured on the systems below without their split: 0.1 and 0.2 cost up to
+  2x more evaluations on the blocks, 0.5 lost a rotor sample; a rotation-dominated linear system
+  needs eps <= 0.3).
 * force with the split F = -leak z + N(z): the IMEX Picard map G(z) = (z + eps N(z)) / (1 + eps
   leak), which is identically z + h F(z) with h = eps / (1 + eps leak) = 1 / (1/eps + leak), so it
   is computed that way (no cancellation in z + eps N for large eps). eps -> inf gives the classic

@@ -31,7 +31,7 @@ The two controllers
 * `Overshoot`: judges the *trend* of the force residual (free: F(z_new) is needed anyway). Shrinks
   only when the smoothed residual rises by more than its own fluctuation level, grows otherwise
   (up to a ceiling learnt from the last overshoot). Never rejects. Fast: it finds the stability
-  limit of explicit Euler and keeps eps in the band below it where Euler contracts. DOMAIN.md
+  limit of explicit Euler and keeps eps in the band below it where Euler contracts. docs/physics.md
   section 4 explains why the naive alternative (shrink when g falls by less than 2 % a step) parks
   eps at the floor.
 * `PI`: a classical local-error controller (Söderlind's digital-filter PI family) on an error *per
@@ -168,7 +168,7 @@ class Overshoot(Controller):
     (`can_reject = False`): a single step's residual cannot tell a too-large eps from a transient,
     since a non-normal Jacobian makes ||F|| rise at any eps; the trend over several steps can.
 
-    Why these signals (DOMAIN.md section 4):
+    Why these signals (docs/physics.md section 4):
     * The naive rule "shrink unless g falls by 2 % a step" parks eps at the floor: slow contraction
       (rho ~ 0.99 a step) looks like "eps too big". Here a *falling* residual never shrinks eps,
       however slowly it falls.
@@ -191,21 +191,22 @@ class Overshoot(Controller):
         shrink: factor applied to eps on overshoot, in (0, 1). Default 0.5: an overshoot is seen
             just past eps_crit, and half of it is where Euler contracts the offending mode fastest.
         grow: growth factor per step below the ceiling, >= 1. Default 1.05: grows eps 10x in ~47
-            steps on a slowly contracting system (the DOMAIN.md failure case), while the smoothed
-            rate (5-step memory) still sees an instability before eps has moved by more than ~30 %.
+            steps on a slowly contracting system (the failure case of docs/physics.md section 4),
+            while the smoothed rate (5-step memory) still sees an instability before eps has moved
+            by more than ~30 %.
         relax: growth factor of the ceiling per step without overshoot, >= 1. Default 1.01: the
             ceiling doubles in ~70 steps, so a false alarm costs at most ~70 steps of smaller eps,
             and a stationary stability limit is probed again every ~70 steps (each probe costs a few
             steps of mild growth). Slower values (1.005) were ~8 % better on stationary linear
             systems and adapt half as fast to a changing Jacobian.
         rise: per-step residual ratio tolerated before the noise term, >= 1. Default 1.0 (strict):
-            DOMAIN.md found 1.0 catches slow cycles and 1.02 misses them; the noise term, not this
-            one, keeps float noise from triggering.
+            earlier work found 1.0 catches slow cycles and 1.02 misses them (docs/physics.md section
+            4); the noise term, not this one, keeps float noise from triggering.
         noise: multiple of the fluctuation level a smoothed rise must exceed, >= 0. Default 3.0:
             for Gaussian noise on log ||F|| with standard deviation sigma, std(v) ~ 0.21 sigma and
             s ~ 1.13 sigma at smoothing 0.2, so the threshold sits ~3.2 std(v) above zero: a false
             shrink on ~0.1 % of noise-floor steps, far below the ~1.4 % at which halvings would
-            outpace the ceiling's recovery (x2 per ~70 steps). `noise=0` is the strict DOMAIN.md
+            outpace the ceiling's recovery (x2 per ~70 steps). `noise=0` is the strict
             controller (it parks eps at the floor on a noisy residual).
         smoothing: EMA weight of the newest step, in (0, 1]. Default 0.2 (a ~5-step memory): long
             enough to average float noise, short enough to react within a few steps to a blow-up;
@@ -213,7 +214,8 @@ class Overshoot(Controller):
         eps_min: floor of eps in time units (> 0). Default 1e-4, 1000x below the digital default
             0.1; a force that needs smaller explicit steps is better served by IMEX/implicit Euler.
         eps_max: cap of eps in time units (>= eps_min). Default 1.0: Euler's eps_crit for the
-            model's leak 1 + c = 2 (DOMAIN.md section 1); larger steps can only overshoot there.
+            model's leak 1 + c = 2 (docs/physics.md section 1); larger steps can only overshoot
+            there.
     """
 
     shrink: float = 0.5

@@ -1,7 +1,7 @@
-"""Explicit Euler: z <- z + eps F(z). The digital baseline of DOMAIN.md section 1 (eps 0.1).
+"""Explicit Euler: z <- z + eps F(z). The digital baseline of docs/physics.md section 1 (eps 0.1).
 
 Stable for an eigenvalue mu of J iff |1 + eps mu| < 1: a stiff rotating mode cycles under Euler
-even where the continuous dynamics settle (a discretization artifact, DOMAIN.md section 3).
+even where the continuous dynamics settle (a discretization artifact, docs/physics.md section 3).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ class ExplicitEuler(Integrator):
     """Fixed-step forward Euler. One force evaluation per step.
 
     Args:
-        eps: step size in time units of the force (> 0). DOMAIN.md default 0.1.
+        eps: step size in time units of the force (> 0). Default 0.1, the digital baseline of
+        docs/physics.md section 1.
     """
 
     name = "euler"

@@ -1,4 +1,4 @@
-"""IMEX Euler: the linear leak implicit, the nonlinearity explicit (DOMAIN.md section 4).
+"""IMEX Euler: the linear leak implicit, the nonlinearity explicit (docs/physics.md section 4).
 
 For F(z) = -leak * z + N(z):  z_{n+1} = (z_n + eps N(z_n)) / (1 + eps leak).
 The leak's stiffness no longer limits eps: for a pure leak the map contracts for every eps > 0, so

@@ -1,4 +1,5 @@
-"""Implicit (backward) Euler by Newton-Krylov: z_{n+1} = z_n + eps F(z_{n+1}) (DOMAIN.md section 4).
+"""Implicit (backward) Euler by Newton-Krylov: z_{n+1} = z_n + eps F(z_{n+1}) (docs/physics.md
+section 4).
 
 Every step solves G(y) = y - z_n - eps F(y) = 0 for y = z_{n+1}. For a Jacobian eigenvalue mu the
 step multiplies the error by 1 / (1 - eps mu), which is < 1 in modulus for *every* eps > 0 when

@@ -1,8 +1,9 @@
 """A high-accuracy ODE solve with torchdiffeq: the reference for the true continuous dynamics.
 
-DOMAIN.md section 4: on analog hardware the relaxation is the continuous ODE dz/dt = F(z), with no
-eps at all; an adaptive solver with tight tolerances (dopri5, rtol 1e-7, atol 1e-9) tells what the
-circuit does, so that an explicit-Euler cycle can be recognised as a discretization artifact.
+docs/physics.md section 4: on analog hardware the relaxation is the continuous ODE dz/dt = F(z),
+with no eps at all; an adaptive solver with tight tolerances (dopri5, rtol 1e-7, atol 1e-9) tells
+what the circuit does, so that an explicit-Euler cycle can be recognised as a discretization
+artifact.
 
 How it runs in the shared loop. Each loop step integrates the active samples over one *chunk* of
 continuous time with `torchdiffeq.odeint` and returns the state at the chunk's end, F there, and the

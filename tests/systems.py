@@ -306,12 +306,12 @@ class HopfOscillator(_PairSystem):
 
 
 # ------------------------------------------------------------------------------------------------
-# Contractive tanh network (DOMAIN.md section 5: contraction by construction)
+# Contractive tanh network (docs/physics.md section 5: contraction by construction)
 # ------------------------------------------------------------------------------------------------
 class ContractiveTanh:
     """F(z) = -(1 + c) z + W tanh(z) + b with ||W||_2 = L < 1 + c.
 
-    leak = 1 + c, N(z) = W tanh(z) + b with Lip(N) <= L. Then (DOMAIN.md section 5):
+    leak = 1 + c, N(z) = W tanh(z) + b with Lip(N) <= L. Then (docs/physics.md section 5):
     * the fixed point is unique; mu_2(J) <= -(1 + c - L), hence
       ||z - z*|| <= ||F(z)|| / (1 + c - L) for every z;
     * Euler's map is a contraction with factor q(eps) = |1 - eps(1 + c)| + eps L, < 1 iff

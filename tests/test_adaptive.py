@@ -134,7 +134,7 @@ def stiff_rotation(a: float = 2.0, b: float = 10.0, seed: int = 0) -> Linear:
 
 
 def slow_contraction(seed: int = 0) -> Linear:
-    """Eigenvalues ~ -0.1: Euler at eps 0.1 contracts by ~0.99 a step (DOMAIN.md section 4)."""
+    """Eigenvalues ~ -0.1: Euler at eps 0.1 contracts by ~0.99 a step (docs/physics.md, 4)."""
     rng = np.random.default_rng(seed)
     A = -0.1 * np.eye(4) + 0.01 * rng.normal(size=(4, 4))
     return Linear(A, rng.normal(size=(1, 4)) + 1.0)
@@ -166,7 +166,7 @@ CONTROLLERS = {
 
 @dataclass(frozen=True)
 class Naive(Controller):
-    """The naive controller of DOMAIN.md section 4: shrink unless g falls by 2 % a step.
+    """The naive controller of docs/physics.md section 4: shrink unless g falls by 2 % a step.
 
     Written against the public Controller interface (it also checks that the interface suffices).
     """
@@ -313,7 +313,8 @@ def test_genuine_rise_of_the_flow_does_not_park_eps_at_the_floor():
 
 
 def test_naive_controller_parks_eps_at_the_floor_on_slow_contraction():
-    # Sanity check of the test system: this is the DOMAIN.md failure the controllers must avoid.
+    # Sanity check of the test system: this is the failure the controllers must avoid
+    # (docs/physics.md section 4).
     sys = slow_contraction()
     res = settle(sys, sys.z0_near(), AdaptiveEuler(Naive(), eps=0.1), tol=TOL, max_steps=300)
     assert res.status is not Status.CONVERGED
@@ -360,7 +361,8 @@ def test_overshoot_ignores_float_noise_at_the_floor():
 
 
 def test_strict_overshoot_without_noise_term_collapses_at_the_floor():
-    # noise=0 is DOMAIN.md's strict tolerance: it shrinks on every noisy rise and parks at the floor
+    # noise=0 is the strict tolerance (docs/physics.md section 4): it shrinks on every noisy rise
+    # and parks at the floor
     eps = _noisy_run(Overshoot(noise=0.0))
     assert np.median(eps) <= 1e-3
 

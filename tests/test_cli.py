@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from analogeq.cli import build_parser, main
+from analogeq.cli import main
 
 SMALL = ["--checkpoint", "none", "--vocab", "11", "--d-model", "16", "--heads", "2",
          "--context", "8", "--batch", "2"]
@@ -87,8 +87,8 @@ def test_compare_on_a_small_model_flags_and_seeds(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     capsys.readouterr()
-    data, rows = rows_by_method(tmp_path / "a" / "compare-rram" / "results.json")
-    _, again = rows_by_method(tmp_path / "b" / "compare-rram" / "results.json")
+    data, rows = rows_by_method(tmp_path / "a" / "compare-random-rram" / "results.json")
+    _, again = rows_by_method(tmp_path / "b" / "compare-random-rram" / "results.json")
     hw = data["hardware"]["hardware"]
     assert hw["device"] == "rram" and hw["drift_time"] == 60 and hw["tau"] == 2e-7
     assert data["model"]["d_model"] == 16 and data["batch"] == 2
@@ -104,34 +104,33 @@ def test_digital_device_has_no_physical_figures(tmp_path, capsys):
     assert main(["compare", "--methods", "imex", *SMALL, "--device", "digital", "--no-plot",
                  "--out", str(tmp_path)]) == 0
     assert "hardware: none" in capsys.readouterr().out
-    _, rows = rows_by_method(tmp_path / "compare-digital" / "results.json")
+    _, rows = rows_by_method(tmp_path / "compare-random-digital" / "results.json")
     assert rows["imex"]["status"] == "converged"
     assert rows["imex"]["settle_us"] is None and rows["imex"]["energy_nj"] is None
 
 
-def test_bad_arguments_are_reported():
-    with pytest.raises(SystemExit, match="unknown method"):
-        main(["settle", "--methods", "rk99", "--no-plot"])
-    with pytest.raises(SystemExit, match="--tol must be > 0"):
-        main(["settle", "--tol", "0", "--no-plot"])
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["compare"])  # --methods is required for compare
-    with pytest.raises(SystemExit, match="tau_spread"):
-        main(["settle", *SMALL, "--tau-spread", "-1", "--no-plot"])
-    with pytest.raises(SystemExit, match="dac_bits"):
-        main(["settle", *SMALL, "--dac-bits", "0", "--no-plot"])
-    with pytest.raises(SystemExit, match="tau_c"):
-        main(["settle", *SMALL, "--read-noise", "ou", "--no-plot"])
-    with pytest.raises(SystemExit, match="euler-maruyama"):
-        main(["settle", *SMALL, "--read-noise", "ou", "--tau-c", "1e-6", "--no-plot"])
-    with pytest.raises(SystemExit, match="d_model"):
-        main(["settle", "--checkpoint", "none", "--d-model", "10", "--heads", "3", "--no-plot"])
-    with pytest.raises(SystemExit, match="--checkpoint 'nowhere.pt': no such file"):
-        main(["settle", "--checkpoint", "nowhere.pt", "--no-plot"])
-    with pytest.raises(SystemExit, match="--batch must be in"):
-        main(["settle", "--batch", "100000", "--no-plot"])
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["settle", "--device", "flash"])
+@pytest.mark.parametrize("argv,match", [
+    (["settle", "--methods", "rk99"], "--methods: unknown method(s) ['rk99']"),
+    (["settle", "--tol", "0"], "argument --tol: must be > 0, got 0"),
+    (["compare"], "the following arguments are required: --methods"),
+    (["settle", *SMALL, "--tau-spread", "-1"], "argument --tau-spread: must be >= 0, got -1"),
+    (["settle", *SMALL, "--dac-bits", "0"], "bad hardware option: --dac-bits must be"),
+    (["settle", *SMALL, "--read-noise", "ou"], "--tau-c (seconds, > 0) is required"),
+    (["settle", *SMALL, "--read-noise", "ou", "--tau-c", "1e-6"], "--methods euler-maruyama"),
+    (["settle", "--checkpoint", "none", "--d-model", "10", "--heads", "3"],
+     "--d-model must be divisible by --heads"),
+    (["settle", "--checkpoint", "nowhere.pt"], "--checkpoint nowhere.pt: no such file"),
+    (["settle", "--batch", "100000"], "--batch must be in [1, 360]"),
+    (["settle", "--device", "flash"], "argument --device: invalid choice: 'flash'"),
+    (["settle", "--name", "a/b", *SMALL], "--name must be one directory name"),
+])
+def test_bad_arguments_are_reported_in_one_line(argv, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--no-plot", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
 
 
 def test_certify_and_probe_take_the_shipped_checkpoint(tmp_path, capsys):
@@ -141,7 +140,7 @@ def test_certify_and_probe_take_the_shipped_checkpoint(tmp_path, capsys):
     assert main(["certify", "--checkpoint", "default", "--batch", "1", "--samples", "0",
                  "--out", str(tmp_path)]) == 0
     assert "model: checkpoint shipped default" in capsys.readouterr().out
-    data = json.loads((tmp_path / "certify" / "certificate.json").read_text())
+    data = json.loads((tmp_path / "certify-model" / "certificate.json").read_text())
     assert {k: data["model"][k] for k in shipped} == shipped
     assert main(["probe", "--batch", "1", "--k", "2", "--no-plot", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

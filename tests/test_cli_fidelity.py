@@ -17,7 +17,7 @@ SMALL = ["--checkpoint", "none", "--vocab", "11", "--d-model", "16", "--heads", 
 @pytest.mark.parametrize("command,flags", [
     ("fidelity", ("--scenario", "--methods", "--eps", "--reference-steps", "--eps-sweep",
                   "--knockout", "--out", "--d-model", "--seed")),
-    ("probe", ("--system", "--root", "--k", "--eps", "--out", "--d-model", "--float64-probes")),
+    ("probe", ("--system", "--root", "--k", "--eps", "--out", "--name", "--d-model", "--dtype")),
 ])
 def test_help(command, flags, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -26,6 +26,8 @@ def test_help(command, flags, capsys):
     out = capsys.readouterr().out
     for flag in flags:
         assert flag in out, flag
+    if command == "probe":  # it has no --scenario, so its help must not mention one
+        assert "--scenario" not in out and "--float64" not in out
     if command == "fidelity":
         for name in ("healthy", "artifact", "hopf", "real", "transformer"):
             assert name in out
@@ -56,7 +58,7 @@ def test_fidelity_on_a_small_model_with_knockout(tmp_path, capsys):
                  "--knockout", "attention_out=0.5"]) == 0
     out = capsys.readouterr().out
     assert "knockout: attention_out x 0.5" in out
-    data = json.loads((tmp_path / "fidelity-model" / "report.json").read_text())
+    data = json.loads((tmp_path / "fidelity-random" / "report.json").read_text())
     assert data["report"]["verdict"] == "faithful"
     assert data["knockout"]["parameters"] == ["attn.o.weight", "attn.o.bias"]
 
@@ -75,12 +77,16 @@ def test_probe_rotor_prints_the_analytic_spectrum(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["fidelity", "--scenario", "artifact", "--knockout", "attention_out=0.2"], "model"),
     (["fidelity", "--scenario", "artifact", "--methods", "bogus"], "unknown method"),
-    (["fidelity", "--scenario", "artifact", "--eps", "-1"], "--eps"),
-    (["fidelity", *SMALL, "--knockout", "attn=0.2"], "unknown parameter group"),
-    (["fidelity", "--scenario", "artifact", "--reference-steps", "5"], "reference_steps"),
+    (["fidelity", "--scenario", "artifact", "--eps", "-1"], "--eps: must be > 0"),
+    (["fidelity", *SMALL, "--knockout", "attn=0.2"], "unknown parameter group 'attn'"),
+    (["fidelity", *SMALL, "--eps-sweep", "0.1,-2"], "--eps-sweep"),
+    (["fidelity", "--scenario", "artifact", "--reference-steps", "5"], "--reference-steps"),
     (["probe", "--system", "rotor", "--root", "nope"], "--root"),
 ])
-def test_bad_options_exit_with_a_message(argv, match, tmp_path):
+def test_bad_options_exit_with_a_message(argv, match, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--out", str(tmp_path), "--no-plot"])
-    assert match in str(exc.value)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())  # rejected before anything ran or was written

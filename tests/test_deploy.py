@@ -120,7 +120,7 @@ def test_evaluate_cli_writes_results_and_plot(ckpt, tmp_path, capsys):
     code = main(["evaluate", str(ckpt), "--device", "ideal", "--seeds", "1", "--times", "1s",
                  "--limit", "32", "--out", str(tmp_path)])
     assert code == 0
-    data = json.loads((tmp_path / "evaluate.json").read_text())
+    data = json.loads((tmp_path / "evaluate" / "evaluate.json").read_text())
     assert data[0]["labels"] == ["1s"] and math.isfinite(data[0]["accuracy_mean"][0])
-    assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 0
+    assert (tmp_path / "evaluate" / "accuracy_vs_time.png").stat().st_size > 0
     assert "accuracy" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Fidelity verdicts on systems whose answer is known analytically (DOMAIN.md section 3).
+"""Fidelity verdicts on systems whose answer is known analytically (docs/physics.md section 3).
 
 References are independent of analogeq's probes: analytic eigenvalues and eps_crit, numpy matrix
 powers for linear Euler trajectories, dense autograd Jacobians with torch.linalg.eigvals, scipy
@@ -333,7 +333,7 @@ def test_eps_sweep_floors_match_the_linear_prediction():
 
 
 def test_eps_sweep_step_residual_shrinks_while_the_force_floor_stays():
-    """DOMAIN.md section 2: a Hopf cycle 'converges' only on the step residual."""
+    """docs/physics.md section 2: a Hopf cycle 'converges' only on the step residual."""
     hopf = systems.HopfOscillator(mu=0.5, omega=3.0)
     sw = eps_sweep(hopf, hopf.initial_state(), [0.1, 0.03, 0.01], 30.0)
     force = [float(f.max()) for f in sw.force_floor]

@@ -40,7 +40,7 @@ F64 = torch.float64
 ALL_METHODS = ["euler", "adaptive", "imex", "implicit", "anderson", "ode"]
 TOL = 1e-8
 SPLIT_METHODS = {"imex", "implicit"}
-# Options every method is known to take (DESIGN.md); others run on their defaults.
+# Options every method is known to take (docs/design.md); others run on their defaults.
 EULER_EPS = {"euler": 0.2, "imex": 0.3}
 
 
@@ -226,7 +226,7 @@ def test_euler_on_the_stiff_leak_diverges():
 
 
 # ------------------------------------------------------------------------------------------------
-# Euler's stability boundary (DOMAIN.md section 3)
+# Euler's stability boundary (docs/physics.md section 3)
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("a,b", [(1.0, 1.0), (1.0, 2.0)])
 def test_euler_eps_crit_of_a_rotation_within_two_percent(a, b):
@@ -314,7 +314,7 @@ def test_euler_maruyama_without_noise_converges_like_euler(require_method):
 
 
 def test_euler_maruyama_seeded_repeat_is_bit_for_bit(require_method):
-    # DESIGN.md: every random effect takes a seed; a seeded run repeats bit-for-bit on CPU
+    # docs/design.md: every random effect takes a seed; a seeded run repeats bit-for-bit on CPU
     require_method("euler-maruyama")
     sys = well_conditioned(n=4, seed=14, batch=2)
     z0 = torch.full((2, 4), 0.1, dtype=F64)

@@ -1,9 +1,9 @@
 """Tests for the equilibrium transformer block (analogeq.model) and its holomorphic layers.
 
-References are independent of the code under test: the real block re-written from DOMAIN.md
-section 1 with PyTorch's built-in functional ops, dense autograd Jacobians, central finite
-differences, complex-step derivatives (Im F(z + i h v) / h, free of cancellation at h = 1e-20),
-Cauchy-Riemann identities, and F.cross_entropy.
+References are independent of the code under test: the real block re-written from the equation of
+docs/physics.md section 1 with PyTorch's built-in functional ops, dense autograd
+Jacobians, central finite differences, complex-step derivatives (Im F(z + i h v) / h, free of
+cancellation at h = 1e-20), Cauchy-Riemann identities, and F.cross_entropy.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def randn(*shape, seed: int = 2, dtype=F64) -> torch.Tensor:
 
 
 def reference_force(model: EquilibriumTransformer, tok: torch.Tensor, z: torch.Tensor):
-    """F(z) = x_in - (1 + c) z + Attn(LN_a z) + FFN(LN_f z) (DOMAIN.md), built-in ops only."""
+    """F(z) = x_in - (1 + c) z + Attn(LN_a z) + FFN(LN_f z) (docs/physics.md section 1), built-in
+    ops only."""
     cfg = model.config
     B, T, C = z.shape
     H, dh = cfg.n_heads, C // cfg.n_heads
@@ -505,8 +506,8 @@ def test_fresh_default_model_settles_with_anderson(require_method):
 
 
 def test_fresh_model_contracts_at_its_fixed_point():
-    """The init's purpose (DOMAIN.md section 6): every Jacobian eigenvalue at z* has Re < 0, with
-    margin, and the leak 1 + c dominates (eigenvalues of J lie in Re mu < -(1 + c) / 4)."""
+    """The init's purpose (docs/physics.md section 6): every Jacobian eigenvalue at z* has Re < 0,
+    with margin, and the leak 1 + c dominates (eigenvalues of J lie in Re mu < -(1 + c) / 4)."""
     model = make(dtype=F64, d_model=16, n_heads=2, context=6)
     tok = tokens(1, 6)
     result = model.settle(tok, "imex", tol=1e-12, max_steps=3000)

@@ -1,6 +1,6 @@
 """Property tests on contractive networks F(z) = -(1 + c) z + W tanh(z) + b, ||W||_2 = L < 1 + c.
 
-Theory (DOMAIN.md section 5): the fixed point z* is unique; Euler's map contracts with factor
+Theory (docs/physics.md section 5): the fixed point z* is unique; Euler's map contracts with factor
 q(eps) = |1 - eps(1 + c)| + eps L for eps < 2 / (1 + c + L); ||z - z*|| <= ||F(z)|| / (1 + c - L).
 z* comes from scipy (systems.ContractiveTanh.fixed_point), Euler iterates from a manual numpy loop.
 """

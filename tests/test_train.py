@@ -223,12 +223,33 @@ def test_cli_help(command, capsys):
 
 
 def test_cli_train_runs(tmp_path, capsys):
-    code = main(["train", "--task", "synthetic", "--steps", "2", "--d-model", "16", "--heads",
-                 "2", "--embed-scale", "2", "--out", str(tmp_path / "cli"), "--no-progress",
+    """--out is the parent of the run directory, named <task>-<rule> by default; the old
+    spellings --no-progress and --no-plots still work and say they are deprecated."""
+    code = main(["train", "--task", "synthetic", "--steps", "4", "--d-model", "16", "--heads",
+                 "2", "--embed-scale", "2", "--out", str(tmp_path), "--no-progress",
                  "--no-plots"])
     assert code == 0
-    assert (tmp_path / "cli" / "checkpoint.pt").is_file()
-    assert '"status": "completed"' in capsys.readouterr().out
+    assert (tmp_path / "synthetic-asymep" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "synthetic-asymep" / "training.png").exists()
+    captured = capsys.readouterr()
+    assert '"status": "completed"' in captured.out
+    assert "--no-progress is deprecated; use --quiet" in captured.err
+    assert "--no-plots is deprecated; use --no-plot" in captured.err
+    assert "should take about" not in captured.err  # --quiet (through its alias): no estimate
+
+
+def test_cli_train_prints_an_estimate_after_the_first_steps(tmp_path, capsys):
+    code = main(["train", "--task", "synthetic", "--steps", "5", "--d-model", "16", "--heads",
+                 "2", "--out", str(tmp_path), "--name", "est", "--no-plot"])
+    assert code == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "should take about" in ln]
+    assert len(lines) == 1, err
+    assert "over the first 3 steps: the remaining 2 steps should take about" in lines[0]
+    walls = [r["step_wall"] for r in read_log(tmp_path / "est" / "log.jsonl")
+             if r["kind"] == "step"][:3]
+    per_step = float(lines[0].split("analogeq train: ")[1].split(" s per step")[0])
+    assert per_step == pytest.approx(sum(walls) / 3, abs=0.006)  # printed to 2 decimals
 
 
 def test_lipschitz_target_keeps_the_provable_bound(tmp_path):
@@ -519,8 +540,8 @@ def test_drift_aware_noise_ages_the_chip_with_or_without_compensation(tmp_path, 
 
 def test_cli_train_no_drift_compensation_flag(tmp_path):
     code = main(["train", "--task", "synthetic", "--steps", "1", "--d-model", "16", "--heads",
-                 "2", "--embed-scale", "2", "--out", str(tmp_path / "cli"), "--no-progress",
-                 "--no-plots", "--device", "pcm", "--drift-aware", "--no-drift-compensation"])
+                 "2", "--embed-scale", "2", "--out", str(tmp_path), "--name", "cli", "--quiet",
+                 "--no-plot", "--device", "pcm", "--drift-aware", "--no-drift-compensation"])
     assert code == 0
     saved = _train_checkpoint.read_checkpoint(tmp_path / "cli" / "checkpoint.pt")
     assert saved["config"]["drift_aware"] is True

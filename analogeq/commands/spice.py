@@ -8,11 +8,12 @@ Circuits (--circuit):
 * ffn / block: a tiny equilibrium transformer (C 4, H 2, T 3, float64) as a netlist, its FFN path
   or the whole block with softmax and norms as behavioural sources (`analogeq.spice_models`).
 
-`export` writes <out>/spice-<circuit>/<circuit>.cir (or --deck). `verify` runs the circuit in
-ngspice and in analogeq (torchdiffeq reference trajectory at ngspice's time points, settle to the
-fixed point), prints the largest differences against the targets (1e-3 V along the trajectory,
-1e-4 V at the fixed point), writes report.json and verify.png under <out>/spice-<circuit>/.
-Exit code 0 when both targets are met, 1 when not, 2 when ngspice is missing or fails.
+`export` writes `<--out>/<--name>/<circuit>.cir` (default `runs/spice-<circuit>/`; or --deck).
+`verify` runs the circuit in ngspice and in analogeq (torchdiffeq reference trajectory at
+ngspice's time points, settle to the fixed point), prints the largest differences against the
+targets (1e-3 V along the trajectory, 1e-4 V at the fixed point), writes report.json and
+verify.png under the same directory. Exit code 0 when both targets are met, 1 when not, 2 when
+ngspice is missing or fails.
 """
 
 from __future__ import annotations
@@ -22,24 +23,37 @@ from pathlib import Path
 
 import torch
 
+from ._options import (
+    CLIError,
+    HelpFormatter,
+    add_device,
+    add_output,
+    nonnegative_int,
+    positive,
+    positive_int,
+    prepare_directory,
+    run_directory,
+)
+
 NAME = "spice"
 CIRCUITS = ("hopfield", "crossbar", "ffn", "block")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--circuit", choices=CIRCUITS, default="hopfield",
-                   help="which circuit (hopfield)")
-    p.add_argument("--nodes", type=int, default=10,
-                   help="hopfield nodes / crossbar size (10); ignored by ffn/block")
-    p.add_argument("--gain", type=float, default=0.8, help="hopfield ||W||_2 (0.8)")
-    p.add_argument("--device", default="pcm", help="crossbar device preset (pcm)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, inputs, v0 (0)")
-    p.add_argument("--tstop", type=float, default=30.0,
-                   help="transient length in units of the node time constant (30)")
-    p.add_argument("--reltol", type=float, default=1e-6, help="ngspice reltol (1e-6)")
+def _common(p: argparse.ArgumentParser, plot: bool) -> None:
+    p.add_argument("--circuit", choices=CIRCUITS, default="hopfield", help="which circuit")
+    p.add_argument("--nodes", type=positive_int, default=10,
+                   help="hopfield nodes / crossbar size; ignored by ffn/block")
+    p.add_argument("--gain", type=positive, default=0.8, help="hopfield ||W||_2")
+    add_device(p, default="pcm", digital=False,
+               why_not="the crossbar circuit needs a device preset",
+               help="device preset of the crossbar circuit")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of weights, inputs, v0")
+    p.add_argument("--tstop", type=positive, default=30.0,
+                   help="transient length in units of the node time constant")
+    p.add_argument("--reltol", type=positive, default=1e-6, help="ngspice reltol")
     p.add_argument("--method", choices=("gear", "trap"), default="gear",
-                   help="ngspice integration method (gear)")
-    p.add_argument("--out", default="runs", help="output directory (default: runs/)")
+                   help="ngspice integration method")
+    add_output(p, default_name="spice-<circuit>", plot=plot)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -49,15 +63,30 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Netlists and SPICE: export writes the deck; verify runs the circuit in "
         "ngspice (batch mode) and in analogeq and reports the trajectory and fixed-point "
         "differences, with a plot.",
+        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="action", metavar="{export,verify}")
     sub.required = True
-    e = sub.add_parser("export", help="write the ngspice deck")
-    _common(e)
-    e.add_argument("--deck", default=None, help="deck path (default <out>/spice-<circuit>/)")
-    v = sub.add_parser("verify", help="run ngspice and analogeq, compare")
-    _common(v)
-    v.add_argument("--timeout", type=float, default=300.0, help="ngspice timeout, s (300)")
+    e = sub.add_parser(
+        "export", help="write the ngspice deck", formatter_class=HelpFormatter,
+        description="Build the circuit (--circuit) as an analogeq Netlist and write it as an "
+        "ngspice deck (C, R, G and B elements, initial conditions, a .tran over --tstop node "
+        "time constants) to <out>/<name>/<circuit>.cir or --deck; ngspice is not needed.",
+        epilog="example:\n  analogeq spice export --circuit block\n"
+        "  ngspice -b -r out.raw runs/spice-block/block.cir")
+    _common(e, plot=False)
+    e.add_argument("--deck", default=None,
+                   help="deck path (default: <out>/<name>/<circuit>.cir)")
+    v = sub.add_parser(
+        "verify", help="run ngspice and analogeq, compare", formatter_class=HelpFormatter,
+        description="Run the circuit (--circuit) in ngspice and in analogeq: the torchdiffeq "
+        "reference trajectory at ngspice's time points and a settle to the fixed point. Prints "
+        "the largest differences against the targets (1e-3 V along the trajectory, 1e-4 V at "
+        "the fixed point) and writes report.json and verify.png under <out>/<name>/. Exit "
+        "status 0 when both targets are met, 1 when not, 2 when ngspice is missing or fails.",
+        epilog="example:\n  analogeq spice verify --circuit hopfield --nodes 100")
+    _common(v, plot=True)
+    v.add_argument("--timeout", type=positive, default=300.0, help="ngspice timeout, s")
     p.set_defaults(func=run)
     return p
 
@@ -66,8 +95,6 @@ def build_circuit(args: argparse.Namespace):
     """The Netlist the options describe."""
     from ..circuits import AnalogLinear, from_linear, random_hopfield
 
-    if args.nodes < 1:
-        raise SystemExit(f"analogeq spice: --nodes must be >= 1, got {args.nodes}")
     gen = torch.Generator().manual_seed(args.seed)
     if args.circuit == "hopfield":
         return random_hopfield(args.nodes, gain=args.gain, seed=args.seed)
@@ -89,13 +116,14 @@ def build_circuit(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._io import atomic_write, write_json
     from ..circuits.spice import NgspiceError, to_spice, verify
 
     try:
         net = build_circuit(args)
     except (TypeError, ValueError) as exc:
-        raise SystemExit(f"analogeq spice: bad circuit option: {exc}") from None
-    out = Path(args.out) / f"spice-{args.circuit}"
+        raise CLIError(f"bad circuit option: {exc}") from None
+    out = run_directory(args, f"spice-{args.circuit}")
     tau = net.force().tau
     deck_opts = {"reltol": args.reltol, "method": args.method}
     c = net.counts()
@@ -104,12 +132,11 @@ def run(args: argparse.Namespace) -> int:
           f"largest feedback loop: {len(net.strongly_connected_components()[0])} nodes")
     if args.action == "export":
         path = Path(args.deck) if args.deck else out / f"{args.circuit}.cir"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_spice(net, args.tstop * tau, **deck_opts))
+        prepare_directory(path.parent, "--deck" if args.deck else "--out")
+        atomic_write(path, lambda fh: fh.write(to_spice(net, args.tstop * tau, **deck_opts)))
         print(f"deck: {path}  (run: ngspice -b -r out.raw {path})")
         return 0
-    from .._io import write_json
-
+    prepare_directory(out)
     try:
         report = verify(net, args.tstop, timeout=args.timeout, **deck_opts)
     except NgspiceError as exc:
@@ -117,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(report.summary())
     write_json(out / "report.json", report.to_dict())
-    png = report.plot(out / "verify.png")
-    print(f"report: {out / 'report.json'}  plot: {png}")
+    if args.no_plot:
+        print(f"report: {out / 'report.json'}")
+    else:
+        png = report.plot(out / "verify.png")
+        print(f"report: {out / 'report.json'}  plot: {png}")
     return 0 if report.passed else 1

@@ -13,7 +13,7 @@
 `GradientResult.grads` is keyed like `model.named_parameters()` (every trainable parameter,
 readout included); `info` holds per-phase residuals, statuses, NFE and wall time, and the validity
 gate (`result.valid`, `info["reason"]`): an estimate whose free phase did not settle is flagged so
-the trainer can skip the update (DOMAIN.md section 5).
+the trainer can skip the update (docs/physics.md section 5).
 """
 
 from ._common import DEFAULT_GATE_RESIDUAL, Estimator, GradientResult, PhaseInfo

@@ -1,8 +1,8 @@
 """What every gradient estimator shares: the result type, the free phase, the validity gate and the
 contraction of a state-space vector with dF/dtheta.
 
-The equilibrium gradient (DOMAIN.md section 5). At a fixed point F(z*, theta) = 0 of the block,
-dz*/dtheta = -J^{-1} dF/dtheta (J = dF/dz at z*), so for a loss L(z*, theta)
+The equilibrium gradient (docs/physics.md section 5). At a fixed point F(z*, theta) = 0 of the
+block, dz*/dtheta = -J^{-1} dF/dtheta (J = dF/dz at z*), so for a loss L(z*, theta)
 
     dL/dtheta = dL/dtheta|_z  +  lam^T dF/dtheta(z*),        J^T lam = -dL/dz(z*).
 
@@ -38,8 +38,9 @@ from torch import Tensor
 from ..integrators import Integrator, SettleResult, Status, settle
 from ..integrators.settle import make_method
 
-# Default validity gate (DOMAIN.md sections 5 and 6): an estimate is trusted only at a stationary
-# state; 1e-3 is the free-phase residual target the adaptive Jacobian penalty steers towards.
+# Default validity gate (docs/physics.md sections 5 and 6): an estimate is trusted only at a
+# stationary state; 1e-3 is the free-phase residual target the adaptive Jacobian penalty steers
+# towards.
 DEFAULT_GATE_RESIDUAL = 1e-3
 
 
@@ -311,7 +312,7 @@ def free_phase(
 def gate(
     free: PhaseInfo, others: list[PhaseInfo], gate_residual: float
 ) -> tuple[bool, str, Tensor]:
-    """The validity gate (DOMAIN.md section 5: AsymEP is exact only at a stationary state).
+    """The validity gate (docs/physics.md section 5: AsymEP is exact only at a stationary state).
 
     Valid when the free phase CONVERGED with every sample's force residual <= `gate_residual`, and
     every later phase (nudged relaxations, adjoint solve) converged too. Returns (valid, reason,

@@ -2,8 +2,8 @@
 
     F_beta(z) = F(z) - beta dL/dz(z) - 2 A (z - z0),        A = (J - J^T) / 2,  J = dF/dz(z0)
 
-Why this form (DOMAIN.md section 5, Scurria et al. 2026). Linearised at the free equilibrium z0
-(F(z0) = 0), the nudged fixed point solves (J - 2A) dz = beta l with l = dL/dz(z0). Since
+Why this form (docs/physics.md section 5, Scurria et al. 2026). Linearised at the free equilibrium
+z0 (F(z0) = 0), the nudged fixed point solves (J - 2A) dz = beta l with l = dL/dz(z0). Since
 J - 2A = J^T exactly, dz / beta -> J^{-T} l = -lam, the implicit adjoint: the nudged relaxation
 computes the transposed solve that backpropagation would need, for any amount of asymmetry. Plain
 "vector-field" EP (no correction) computes J^{-1} l instead, which differs from J^{-T} l unless J is

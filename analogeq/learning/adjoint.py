@@ -1,4 +1,4 @@
-"""The exact equilibrium gradient by the implicit adjoint (DOMAIN.md section 5).
+"""The exact equilibrium gradient by the implicit adjoint (docs/physics.md section 5).
 
 At the free fixed point z* (F(z*) = 0), with J = dF/dz(z*) and l = dL/dz(z*):
 

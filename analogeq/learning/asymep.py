@@ -1,4 +1,4 @@
-"""AsymEP: equilibrium propagation with the asymmetry correction (DOMAIN.md section 5).
+"""AsymEP: equilibrium propagation with the asymmetry correction (docs/physics.md section 5).
 
     nudged:   dz/dt = F(z) - beta dL/dz(z) - 2 A (z - z0),     A = (J - J^T) / 2 at z0
     gradient: dL/dtheta ~= dL/dtheta|_z0 - delta^T dF/dtheta(z0)

@@ -1,8 +1,10 @@
-"""Backpropagation through the finite relaxation the user deploys (DOMAIN.md sections 1 and 5).
+"""Backpropagation through the finite relaxation the user deploys (docs/physics.md sections 1 and
+5).
 
 The deployed digital block is not the equilibrium: it is z_T, T fixed explicit steps from the
-settle's start (DOMAIN.md: Euler, eps = 0.1, T1 = 150). BPTT differentiates L(z_T(theta)) through
-that unroll with autograd. It therefore differs from the equilibrium gradient in two ways:
+settle's start (docs/physics.md section 1: Euler, eps = 0.1, about 150 steps). BPTT differentiates
+L(z_T(theta)) through that unroll with autograd. It therefore differs from the equilibrium gradient
+in two ways:
 
 * when z_T is not yet at z* (slow contraction, a cycle), it is the gradient of what is deployed,
   where the equilibrium gradient refers to a state that is never reached;
@@ -10,7 +12,7 @@ that unroll with autograd. It therefore differs from the equilibrium gradient in
   equals the equilibrium's -J^{-1} dF/dtheta only up to the truncated tail M^T J^{-1} dF/dtheta,
   and z_T's dependence on theta also carries the transient: through it BPTT sees (and rewards) how
   fast the relaxation contracts, a term that defends contraction and that the equilibrium gradient
-  does not see (DOMAIN.md section 5). On a fast-contracting block the two agree closely.
+  does not see (docs/physics.md section 5). On a fast-contracting block the two agree closely.
 
 The start. Like `model.settle`, the unroll starts at `model.initial_state(force, z0)`, by default
 x_in / (1 + c). That start depends on the embeddings, so BPTT differentiates through it as well (the
@@ -50,7 +52,7 @@ class BPTT(Estimator):
     """Gradient of L(z_T) through `steps` fixed steps of `method` from the deployed start.
 
     Args:
-        steps: T >= 1 (DOMAIN.md: T1 = 150).
+        steps: T >= 1 (docs/physics.md section 1: about 150).
         method: "euler" / "imex" or an `ExplicitEuler` / `IMEXEuler` instance (default
             ExplicitEuler(eps=0.1)).
         gate_residual: z_T's force residual above which the unroll phase is reported as not

@@ -6,9 +6,9 @@ derivative of the nudged fixed point z(beta) off Cauchy's integral formula, disc
     delta = (1 / (N r)) sum_k (z_{beta_k} - z0) w^{-k} = z'(0) + r^N z^{(N+1)}(0) / (N+1)! + ...
 
 exact up to O(r^N) aliasing at a *finite* radius, so r can be large enough to beat rounding and
-noise (DOMAIN.md: r = 0.02 was 10x too small, r = 0.2 gave cos 0.986). It needs z(beta) analytic:
-the force, the loss and its gradient are evaluated in their holomorphic (complex) extensions
-(tanh-GELU, conjugation-free norms and softmax: analogeq._layers).
+noise (earlier work, docs/physics.md section 5: a radius of 0.02 was about ten times too small, 0.2
+good). It needs z(beta) analytic: the force, the loss and its gradient are evaluated in their
+holomorphic (complex) extensions (tanh-GELU, conjugation-free norms and softmax: analogeq._layers).
 
 Conjugate symmetry. The force and the loss are real on real states, so
 z_{conj(beta)} = conj(z_beta): the phases k and N - k are conjugate and delta is real,

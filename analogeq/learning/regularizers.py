@@ -1,7 +1,7 @@
 """Regularisers of the relaxation: Jacobian penalty, Jacobian homeostasis, residual penalty.
 
-DOMAIN.md section 5 ("Regularisers that mattered"). Each regulariser follows one protocol, which the
-trainer (`analogeq.train`) relies on:
+docs/physics.md section 5 ("Regularisers"). Each regulariser follows one protocol,
+which the trainer (`analogeq.train`) relies on:
 
     result = reg.gradients(model, inputs, z0, task_grads=None)   # -> RegularizerResult
     reg.observe(free_residual)                                    # controller step (or no-op)
@@ -58,7 +58,7 @@ __all__ = [
 DEFAULT_UP = 1.25
 """Growth factor of the adaptive Jacobian-penalty weight per observation above target. From the
 floor 0.1 to the cap 16 (a factor 160) takes ln 160 / ln 1.25 = 23 observations: fast enough to
-catch a relaxation that runs away within a few dozen steps (DOMAIN.md section 6)."""
+catch a relaxation that runs away within a few dozen steps (docs/physics.md section 6)."""
 DEFAULT_DOWN = 0.97
 """Shrink factor per observation at or below target: cap to floor in ln 160 / -ln 0.97 = 167
 observations, about 7x slower than the growth, so the weight does not oscillate across the target
@@ -326,12 +326,12 @@ class JacobianPenalty(_JacobianRegularizer):
         weight: initial weight (>= 0; with adaptive=True within [floor, cap]).
         adaptive: grow the weight by `up` after an observation whose free-phase residual (the
             batch maximum, the worst sample, as the validity gate) exceeds `target_residual`, shrink
-            it by `down` otherwise, clamped to [floor, cap] (DOMAIN.md sections 5 and 6). A
+            it by `down` otherwise, clamped to [floor, cap] (docs/physics.md sections 5 and 6). A
             non-finite residual counts as above target. False: a fixed weight (`observe` no-op).
-        target_residual: free-phase force residual target (> 0; DOMAIN.md: 1e-3).
+        target_residual: free-phase force residual target (> 0; default 1e-3, docs/physics.md 5).
         up (> 1), down (in (0, 1)): multiplicative factors, see `DEFAULT_UP`, `DEFAULT_DOWN`.
-        floor, cap: weight bounds, 0 < floor <= cap (DOMAIN.md: 0.1 and 16).
-        probes: Rademacher probe vectors per call (>= 1).
+        floor, cap: weight bounds, 0 < floor <= cap (defaults 0.1 and 16, docs/physics.md section
+        5). probes: Rademacher probe vectors per call (>= 1).
         seed: of the probe generator (>= 0).
 
     Cost per call: one forward of Attn + FFN with its graph, per probe one double-backward J v,
@@ -427,10 +427,10 @@ _STARTS = ("free", "input")
 
 class ResidualPenalty(Regularizer):
     """(eps ||F(z_T)|| / ||z_T||)^2 at the deployed state z_T, mean over samples, with its
-    gradient rescaled to `fraction` of the task-gradient norm (DOMAIN.md section 5, "resreg").
+    gradient rescaled to `fraction` of the task-gradient norm (docs/physics.md section 5, "resreg").
 
     The deployed state. z_T is `steps` explicit-Euler steps z <- z + eps F(z) (the digital
-    deployment of DOMAIN.md section 1) from a start:
+    deployment of docs/physics.md section 1) from a start:
     * start="free" (default): the free-phase state z0 plus a short unroll (default 10 steps). At
       an Euler-stable fixed point the residual stays at z0's; near a fixed point that Euler cannot
       hold (eps > eps_crit, a stiff rotating mode) it grows like |1 + eps mu|^steps, so the

@@ -3,9 +3,12 @@ circuit itself not settle? (docs/physics.md sections 2-3.)
 
 `compare(force, z0, methods=[...])` runs every discrete method and the continuous reference (a
 tight `ODESolver`, what the analog circuit does), finds the best fixed-point estimate z* per
-sample (the reference's end where it settled, else a root-finder's best point: Anderson, which may
-converge to an *unstable* root, so its convergence never means stability), probes the Jacobian
-spectrum at z* (`analogeq.probes`), and returns a verdict per method and sample:
+sample (the reference's end where it settled, else a root: the search escalates through
+`root_finders()`, Anderson and then pseudo-transient continuation from large steps, until every
+sample has one or every finder failed; roots may be *unstable*, so a finder's convergence never
+means stability), probes the Jacobian spectrum at z* (`analogeq.probes`), and returns a verdict
+per method and sample. A method whose budget ends while it still converges at a measured rate is
+continued first (`_extend`), so that a verdict is given instead of "not converged":
 
 * FAITHFUL: the method settles to the reference's fixed point (relative distance <= distance_tol).
 * DISCRETIZATION_ARTIFACT: the reference settles and every Re mu < 0 at its fixed point, but the
@@ -255,7 +258,8 @@ def compare(
         k: eigenvalues per set at z* (clipped to the state size).
         probe_dtype: dtype of the Jacobian products (None: the state's; torch.float64 copies a
             model force to float64).
-        distance_tol: largest relative distance ||z_end - z*|| / ||z*|| of a FAITHFUL end (> 0).
+        distance_tol: largest relative distance ||z_end - z*|| / max(||z*||, ||z0||) of a
+            FAITHFUL end (> 0).
         margin: |Re mu| below which an eigenvalue counts as marginal (1/time units); default
             1e-6 (float64 products) or 1e-3 (float32) times max(1, max |mu|).
         n_probes: Hutchinson probes of the asymmetry (>= 1).
@@ -362,7 +366,8 @@ def compare(
             samples.append(_judge(
                 res, inst, i, h, z_star[i], ref, ref_conv[i], bool(root_found[i]),
                 float(root_residual[i]), root_status[i], stability[i], pools[i], margins[i],
-                ecrit, distance_tol, tol, reference_steps))
+                ecrit, distance_tol, tol, reference_steps,
+                float(torch.linalg.vector_norm(z0[i]))))
         reports[label] = MethodReport(
             label=label, result=res, euler_step=h, samples=tuple(samples),
             step_residual=float(res.trace.step_residual[-1]) if res.trace.step_residual.numel()
@@ -599,15 +604,19 @@ def _judge(
     res: SettleResult, inst: Integrator, i: int, h: float | None, z_star: Tensor,
     ref: SettleResult, ref_conv: bool, root_found: bool, root_residual: float,
     root_status: Status, stability: str, pool: np.ndarray, margin: float, ecrit: Any,
-    distance_tol: float, tol: float, reference_steps: int,
+    distance_tol: float, tol: float, reference_steps: int, z0_norm: float,
 ) -> SampleVerdict:
-    """The verdict of one method on one sample (module docstring; docs/physics.md section 3)."""
+    """The verdict of one method on one sample (module docstring; docs/physics.md section 3).
+
+    Distances are relative to max(||z*||, ||z0||): a fixed point at z* = 0 is measured against
+    the start's size."""
     status = res.sample_status[i]
     force_res = float(res.residual[i])
     cyc = res.cycles[i] if res.cycles else None
     floor = force_res if cyc is None else float(cyc.floor)
     zs_norm = float(torch.linalg.vector_norm(z_star))
-    dist = float(torch.linalg.vector_norm(res.z[i].to(z_star) - z_star)) / max(zs_norm, 1e-300)
+    dist = float(torch.linalg.vector_norm(res.z[i].to(z_star) - z_star)) / max(zs_norm, z0_norm,
+                                                                                 1e-300)
     if not math.isfinite(dist):
         dist = math.nan
     offending: tuple[complex, ...] | None = None

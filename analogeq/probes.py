@@ -193,10 +193,10 @@ class EulerStep:
     For mu = a + ib, |1 + eps mu| < 1 iff a < 0 and eps < -2a / (a^2 + b^2).
 
     * `eps_crit`: (batch,) real, time units: min over Re mu < 0 of -2 Re mu / |mu|^2; inf where no
-      eigenvalue has Re mu < 0. Computed from the eigenvalues given, so it is an upper bound on
-      the true eps_crit unless the limiting eigenvalue is among them (pass the `which="euler"`
-      eigenvalues at the eps of interest: every mode that makes Euler unstable at that eps is
-      among its largest |1 + eps mu|).
+      eigenvalue has Re mu < 0; NaN where no eigenvalue is known (all missing). Computed from the
+      eigenvalues given, so it is an upper bound on the true eps_crit unless the limiting
+      eigenvalue is among them (pass the `which="euler"` eigenvalues at the eps of interest:
+      every mode that makes Euler unstable at that eps is among its largest |1 + eps mu|).
     * `limiting`: (batch,) complex, the eigenvalue attaining eps_crit (NaN where eps_crit is inf).
     * `unstable`: (batch,) bool, some Re mu > 0: the continuous dynamics is unstable there; no step
       size (and no integrator) settles it.
@@ -229,7 +229,9 @@ class EulerStep:
         out = []
         for i in rows:
             eps = float(self.eps_crit[i])
-            if math.isinf(eps):
+            if math.isnan(eps):
+                head = "eps_crit unknown (no finite eigenvalue was given)"
+            elif math.isinf(eps):
                 head = "eps_crit = inf (no eigenvalue with Re mu < 0 among those given)"
             else:
                 head = f"eps_crit = {eps:.4g} (limited by mu = {_fmt_c(self.limiting[i])})"
@@ -1007,7 +1009,8 @@ def euler_critical_step(eigs: Tensor | EigResult | np.ndarray | Sequence[complex
     Args:
         eigs: complex eigenvalues (batch, k) (e.g. `jacobian_eigs`), a 1-D (k,) set for a single
             sample, or an `EigResult` (its non-converged entries are skipped). NaN entries are
-            skipped (ARPACK's non-converged values).
+            skipped (ARPACK's non-converged values); a sample with no finite eigenvalue gets
+            eps_crit NaN (unknown), and an infinite eigenvalue is a ValueError.
 
     Returns:
         An `EulerStep`, tensors on the eigenvalues' device.
@@ -1033,13 +1036,19 @@ def euler_critical_step(eigs: Tensor | EigResult | np.ndarray | Sequence[complex
     if not vals.is_complex():
         vals = vals.to(torch.complex128 if vals.dtype == torch.float64 else torch.complex64)
     re, im = vals.real, vals.imag
+    if bool((torch.isinf(re) | torch.isinf(im)).any()):
+        raise ValueError("eigs must be finite (NaN marks a missing value); an infinite eigenvalue "
+                         "means the Jacobian itself is not finite there")
     finite = torch.isfinite(re) & torch.isfinite(im)
     stable = finite & (re < 0)
     ratio = torch.where(stable, -2 * re / (re * re + im * im).clamp_min(torch.finfo(re.dtype).tiny),
                         math.inf)
     eps_crit, idx = ratio.min(dim=1)
+    # A sample without a single known eigenvalue has an unknown step limit (NaN), never "any
+    # step is safe" (inf).
+    eps_crit = torch.where(finite.any(dim=1), eps_crit, math.nan)
     limiting = vals.gather(1, idx[:, None])[:, 0]
-    limiting = torch.where(torch.isinf(eps_crit), complex(math.nan, math.nan), limiting)
+    limiting = torch.where(torch.isfinite(eps_crit), limiting, complex(math.nan, math.nan))
     unstable = (finite & (re > 0)).any(dim=1)
     nonneg = finite & (re >= 0)
     nonnegative = tuple(vals[i][nonneg[i]] for i in range(vals.shape[0]))

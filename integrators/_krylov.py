@@ -11,7 +11,7 @@ operator is a force's JVP on a torch device, for a whole batch; calling scipy pe
 every Krylov vector to the host and serialize the batch (B solves x k matvecs, each a force pass,
 instead of k batched passes). This module keeps everything on the tensors' device and dtype (real or
 complex), runs one Arnoldi process per sample in lock-step, and lets each sample stop on its own
-residual (STYLE.md: batches are first-class).
+residual (batches are first-class, as in torchode).
 
 Algorithm (Saad & Schultz 1986; Saad, "Iterative Methods for Sparse Linear Systems", alg. 6.9):
 restarted GMRES(m) with modified Gram-Schmidt Arnoldi (batched inner products), complex Givens

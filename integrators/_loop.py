@@ -4,7 +4,7 @@ Per step: pick the still-running samples, hand the method their state and a forc
 them, judge the returned state by the scale-aware convergence test on its force (`_convergence`:
 the displacement rms(F / w) against atol + rtol rms(z), never the step), and write it back.
 Converged, stalled and diverged samples leave the active set at once and cost no more evaluations
-(STYLE.md, torchode). A sample whose tail already shows an established cycle or runaway ends then
+(after torchode). A sample whose tail already shows an established cycle or runaway ends then
 (`_EarlyEnd`); samples still running when the budget ends are classified from their own
 scaled-error tail by `detect_cycle`: LIMIT_CYCLE, MAX_STEPS, or STALLED at the dtype's precision
 floor. A method may name a `fallback` that takes over the samples it leaves stalled, cycling or
@@ -40,6 +40,7 @@ from ._force import CountedForce, force_residual, safe_norm
 from ._result import CycleReport, SettleResult, Status, Trace, to_cpu, worst_status
 
 _RUNNING = -1
+_SPENT = -2  # the sample's own budget ended: classified from its tail, like a running one
 _NAN = float("nan")
 _CODES = {s: i for i, s in enumerate(Status)}
 _STATUSES = list(Status)
@@ -121,9 +122,12 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
 
     Samples the method leaves STALLED, LIMIT_CYCLE or DIVERGED (with a finite force) are handed
     to its `fallback` method, if it has one, from the state the method returned, with the rest
-    of the step budget. A sample takes the fallback's outcome unless that is worse (a more severe
-    status: e.g. the flow running off from a force without a root, where the method had stalled
-    at its best point); `info["fallback"]` says what was done (`_chain`).
+    of their own step budget (so no sample takes more than `max_steps` loop steps in all). With a
+    fallback, a sample that converges too slowly to meet the test within its budget at the rate
+    it measures is handed over too (`_EarlyEnd.too_slow`). A sample takes the fallback's outcome
+    unless that is worse (a more severe status: e.g. the flow running off from a force without a
+    root, where the method had stalled at its best point); `info["fallback"]` says what was done
+    (`_chain`).
     """
     # Detached (the settle is not differentiated; gradients come from the learning estimators)
     # and contiguous (forward-mode JVPs refuse expanded, stride-0 states).
@@ -142,20 +146,24 @@ def run(method: Integrator, force: Any, z0: Tensor, options: LoopOptions) -> Set
         "atol", options.atol, batch)
     counted.set_rate(_method_rate(disp, counted, z0))
     test = _Test(rtol, atol, disp)
-    first, state = _run_rows(method, counted, z0, f0, test, options, options.max_steps, None)
     fallback = getattr(method, "fallback", None)
+    budget = np.full(batch, options.max_steps, dtype=np.int64)
+    first, state = _run_rows(method, counted, z0, f0, test, options, budget, None,
+                             handover=fallback is not None)
     if fallback is None:
         return _finish(first, wall0)
+    assert first.steps_per_sample is not None
+    left = budget - first.steps_per_sample.cpu().numpy()
     retry = _fallback_rows(first, state.nonfinite)
-    remaining = options.max_steps - first.steps
-    if retry.size == 0 or remaining < 1:
+    retry = retry[left[retry] > 0] if retry.size else retry
+    if retry.size == 0:
         return _finish(first, wall0)
     index = torch.from_numpy(retry).to(z0.device)
     view = counted.restrict(index)
     z_start = first.z.index_select(0, index)
     f_start = state.f.index_select(0, index)
-    second, _ = _run_rows(fallback, view, z_start, f_start, test.take(retry), options, remaining,
-                          retry)
+    second, _ = _run_rows(fallback, view, z_start, f_start, test.take(retry), options,
+                          left[retry], retry)
     return _finish(chain(first, second, retry, keep_worse=False), wall0)
 
 
@@ -216,13 +224,17 @@ def _finish(result: SettleResult, wall0: float) -> SettleResult:
 
 def _run_rows(
     method: Integrator, base: CountedForce, z0: Tensor, f0: Tensor, test: _Test,
-    options: LoopOptions, max_steps: int, batch_rows: np.ndarray | None,
+    options: LoopOptions, budget: np.ndarray, batch_rows: np.ndarray | None, *,
+    handover: bool = False,
 ) -> tuple[SettleResult, _End]:
     """The loop proper, on the samples `base` holds (all of them, or a fallback's subset).
 
-    `batch_rows` maps this run's samples to the settle's batch (None: the same), for the
-    observer's indices.
+    `budget` (k,): each sample's own step budget (a sample whose steps reach it stops and is
+    classified from its tail). `batch_rows` maps this run's samples to the settle's batch (None:
+    the same), for the observer's indices. `handover`: end samples that converge too slowly
+    for their budget as STALLED (a fallback takes them).
     """
+    max_steps = int(budget.max())
     if method.needs_split and not base.has_split:
         _ = base.leak  # raises a TypeError that says what the method needs
     batch = z0.shape[0]
@@ -285,6 +297,7 @@ def _run_rows(
     hist_eps: list[float] = []
     bar = _progress_bar(options, method.name, max_steps)
     early = _EarlyEnd(options.cycle_min_tail, max_steps)
+
 
     # The working set: the running samples only, compacted. `rows` are their indices into this
     # run's batch (None: the whole batch, in order; `rows_np` the same on the host). It changes
@@ -372,6 +385,15 @@ def _run_rows(
             for status, local in ended:
                 sub_code[local] = _CODES[status]
                 code[rows_np[local]] = _CODES[status]
+        if handover and early.due_slow(steps):
+            local = early.too_slow(hist_err, rows_np, sub_code, steps_per_sample, budget)
+            sub_code[local] = _CODES[Status.STALLED]
+            code[rows_np[local]] = _CODES[Status.STALLED]
+        # A sample whose own budget is spent stops here; it is classified from its tail at the end.
+        spent = (sub_code == _RUNNING) & (steps_per_sample[rows_np] >= budget[rows_np])
+        if spent.any():
+            sub_code[spent] = _SPENT
+            code[rows_np[spent]] = _SPENT
         still = sub_code == _RUNNING
         if still.all():
             work = new
@@ -392,6 +414,7 @@ def _run_rows(
             bar.set_postfix_str(f"residual {res.max():.2e} active {rows_np.size}")
     if bar is not None:
         bar.close()
+    code = np.where(code == _SPENT, _RUNNING, code)
     if rows_np.size > 0:  # samples still running when the budget ended
         idx = torch.arange(rows_np.size, device=dev)
         full = _scatter(full, work, idx if rows is None else rows, idx, batch)
@@ -404,7 +427,13 @@ def _run_rows(
     statuses, cycles = _classify(code, sample_err, sample_res, sample_norm, steps_per_sample, test,
                                  norm, n_entries, real, options.cycle_min_tail)
 
-    z_out, f_out = method.finalize(state)
+    # A converged sample returns the state the test passed at; the method's own pick (Anderson's
+    # lowest-||F|| / ||z|| iterate) only where it did not converge (at z* = 0 those differ).
+    z_pick, f_pick = method.finalize(state)
+    done = torch.from_numpy(code == _CODES[Status.CONVERGED]).to(dev)
+    done = done.view((-1,) + (1,) * (z0.ndim - 1))
+    z_out = torch.where(done, state.z, z_pick)
+    f_out = torch.where(done, state.f, f_pick)
     residual = force_residual(z_out, f_out)
     info = dict(method.info(state))
     info["rejected_steps"] = int(state.rejected.sum())
@@ -575,6 +604,34 @@ class _EarlyEnd:
         if run:
             out.append((Status.DIVERGED, np.asarray(run, dtype=np.int64)))
         return out
+
+
+    def due_slow(self, steps: int) -> bool:
+        return steps % self.every == 0 and steps >= self.base
+
+    def too_slow(self, hist_err: list[np.ndarray], rows_np: np.ndarray, sub_code: np.ndarray,
+                 steps_per_sample: np.ndarray, budget: np.ndarray) -> np.ndarray:
+        """Running samples that converge, but too slowly to pass the test within their budget.
+
+        The rate rho per step is measured over the last 4 min_tail steps; a sample with
+        0 < rho < 1 whose projected steps ln(err) / -ln(rho) overrun its budget is listed (local
+        indices). Samples not contracting over the window are left to the method's own logic.
+        """
+        recent = np.stack(hist_err[-self.base:])
+        out = []
+        for local, i in enumerate(rows_np.tolist()):
+            if sub_code[local] != _RUNNING or steps_per_sample[i] < self.base:
+                continue
+            first, last = recent[0, i], recent[-1, i]
+            if not (np.isfinite(first) and np.isfinite(last)) or last <= 1.0 or first <= 0:
+                continue
+            rho = (last / first) ** (1.0 / (self.base - 1))
+            if not 0.0 < rho < 1.0:
+                continue
+            projected = math.log(last) / -math.log(rho)
+            if steps_per_sample[i] + projected > budget[i]:
+                out.append(local)
+        return np.asarray(out, dtype=np.int64)
 
 
 def _runaway(report: CycleReport) -> bool:

@@ -1,6 +1,6 @@
 """What a settle returns: a named status per sample, residuals, counters and a trace.
 
-A failure has a name, never a NaN (STYLE.md, after diffrax's RESULTS): every sample ends in exactly
+A failure has a name, never a NaN (after diffrax's RESULTS): every sample ends in exactly
 one `Status`, and the batch's `status` is the worst of them.
 """
 

@@ -81,12 +81,13 @@ Safeguards, per sample, without host syncs:
   root; that sample has at least two stable roots, 76 % apart, and Anderson and IMEX from z0 = 0 end
   at different ones). A settling sample progresses while its residual moves 10 % away from its value
   at the last progress (down, or up: climbing out of a ghost is progress); after `_SETTLE_WINDOWS`
-  windows without that, or a residual 10x the larger of the one it started settling from and the one
-  after its first iteration (a runaway: no root ahead, e.g. a finite-time blow-up), end it STALLED
-  at its best point. The second reference matters for a deep ghost: a rounding-level change of the
-  path once left that sample's best point at 4.4e-4, and the flow out of it rose 30x before it fell
-  to the root. An oscillating settling flow keeps progressing, and the loop's cycle test judges its
-  tail (LIMIT_CYCLE). STALLED is evidence; the ODE reference decides.
+  windows without that, or an ||F|| 10x the larger of the one it started settling from and the one
+  after its first iteration (a runaway: no root ahead, e.g. a finite-time blow-up, or the explicit
+  flow beyond its stability limit), end it STALLED at its best point (where the `fallback`, the
+  continuous flow by default, takes over). The second reference matters for a deep ghost: a
+  rounding-level change of the path once left that sample's best point at 4.4e-4, and the flow out
+  of it rose 30x before it fell to the root. An oscillating settling flow keeps progressing, and the
+  loop's cycle test judges its tail (LIMIT_CYCLE). STALLED is evidence; the ODE reference decides.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ from torch import Tensor
 
 from ._base import Integrator, StepState, check_positive, check_range
 from ._force import CountedForce, force_residual
+from .ode import ODESolver
 from .ptc import PseudoTransient
 
 # Default eps of the Picard map without and with the leak split, in units of 1 / rate (the force's
@@ -124,6 +126,10 @@ _REACH = 1.0
 # Relaxation windows (of `stall_patience` iterations) a settling sample may go without a 10 % drop
 # of its own residual before it is STALLED.
 _SETTLE_WINDOWS = 4
+# Local error tolerances of the default fallback, the continuous flow (dopri5): loose enough for
+# float32 (rtol >= 10 eps), tight enough that the flow's own error stays below the settle's test
+# (near a fixed point ODESolver holds the error below 1 % of the motion anyway).
+_FALLBACK_RTOL, _FALLBACK_ATOL = 1e-5, 1e-6
 # Non-finite forces in a row (each retry from the best point with half the gain) after which the
 # sample is DIVERGED: the force is not finite anywhere the iteration can still reach.
 _NONFINITE_LIMIT = 5
@@ -152,9 +158,13 @@ class Anderson(Integrator):
             without such a drop ends it STALLED.
         fallback: the method that takes over the samples Anderson leaves STALLED, LIMIT_CYCLE or
             DIVERGED (with a finite force), from Anderson's best point with the rest of the
-            budget: "ptc" (default, `PseudoTransient`: backward Euler growing to Newton, which
-            cannot run away from a stable root), another `Integrator`, or None (Anderson alone).
-            `SettleResult.info["fallback"]` says which samples it took and how they ended.
+            budget: "ode" (default: the continuous flow, dopri5 at rtol 1e-5 / atol 1e-6, which
+            cannot run away from a stable root and does not settle where the circuit would not:
+            a Hopf-unstable root stays a cycle), "ptc" (`PseudoTransient`, backward Euler
+            growing to Newton: faster on stiff linear systems, but it also converges to unstable
+            roots), another `Integrator`, or None (Anderson alone). A sample keeps Anderson's
+            outcome where the fallback's is worse; `SettleResult.info["fallback"]` says which
+            samples it took and how they ended.
     """
 
     name = "anderson"
@@ -169,7 +179,7 @@ class Anderson(Integrator):
         eps: float | None = None,
         restart_cond: float = 1e8,
         stall_patience: int = 50,
-        fallback: str | Integrator | None = "ptc",
+        fallback: str | Integrator | None = "ode",
     ):
         self.m = check_range("m", m, 1, 1000, integer=True)
         self.damping = _check_half_open("damping", damping, "(0, 1]", lambda v: 0 < v <= 1)
@@ -179,8 +189,10 @@ class Anderson(Integrator):
         self.eps = None if eps is None else check_positive("eps", eps, allow_inf=True)
         self.restart_cond = check_range("restart_cond", restart_cond, 1.0, math.inf)
         self.stall_patience = check_range("stall_patience", stall_patience, 1, 10**9, integer=True)
-        if fallback == "ptc":
-            self.fallback: Integrator | None = PseudoTransient()
+        if fallback == "ode":
+            self.fallback: Integrator | None = ODESolver(rtol=_FALLBACK_RTOL, atol=_FALLBACK_ATOL)
+        elif fallback == "ptc":
+            self.fallback = PseudoTransient()
         elif fallback is None or isinstance(fallback, Integrator):
             self.fallback = fallback
         else:
@@ -249,8 +261,9 @@ class Anderson(Integrator):
         `stall_ref`,
         `stall_fn` (b,) the two at the last progress; `since` (b,) iterations since then;
         `relax` (b,) relaxation iterations left; `relax_cut` (b,) product of the gain cuts of
-        the relaxation windows (undone when settling); `settling` (b,) bool; `settle_from` (b,) the
-        runaway reference; `entry_res` (b,) residual after the first iteration; `restarts` (b,).
+        the relaxation windows (undone when settling); `settling` (b,) bool; `settle_fn` (b,) the
+        runaway reference (an ||F||); `entry_fn` (b,) ||F|| after the first iteration;
+        `restarts` (b,).
         """
         self._check_gain(force)
         b, n = z0.shape[0], z0[0].numel()
@@ -275,8 +288,8 @@ class Anderson(Integrator):
             since=torch.zeros(b, dtype=torch.long, device=dev),
             relax=torch.zeros(b, dtype=torch.long, device=dev),
             settling=torch.zeros(b, dtype=torch.bool, device=dev),
-            settle_from=res0,
-            entry_res=res0,
+            settle_fn=fn0,
+            entry_fn=fn0,
             restarts=torch.zeros(b, dtype=torch.long, device=dev),
             nonfinite=torch.zeros(b, dtype=torch.long, device=dev),
         )
@@ -352,24 +365,20 @@ class Anderson(Integrator):
         expired = since >= self.stall_patience
         enter = expired & ~relaxing
         go_settle = expired & relaxing & ~settling
-        # A settling flow that runs away (its residual 10x the one it started from: no root
-        # ahead, e.g. a finite-time blow-up) ends STALLED at the best point too.
-        runaway = settling & (res > _REJECT_GROWTH * ex["settle_from"])
+        # A settling flow that runs away (its ||F|| 10x the one it started from: no root ahead,
+        # e.g. a finite-time blow-up, or an explicit flow beyond its stability limit) ends STALLED
+        # at the best point too. ||F||, not ||F|| / ||z||: along an unstable linear direction the
+        # latter stays flat at |mu| while the state explodes.
+        runaway = settling & (fn > _REJECT_GROWTH * ex["settle_fn"])
         stalled = settling & ((since >= _SETTLE_WINDOWS * self.stall_patience) | runaway)
-        if self.fallback is not None:
-            # With a fallback, a sample whose acceleration and relaxation both failed is handed to
-            # it (from its best point) instead of following the explicit Picard flow, which runs
-            # away where |1 + h mu| > 1 (a rotation-dominated Jacobian); the fallback follows the
-            # flow stably.
-            stalled = stalled | go_settle
         relax = torch.where(enter, self.stall_patience, (ex["relax"] - 1).clamp_min(0))
         since = torch.where(enter | go_settle, 0, since)
         stall_ref = torch.where(go_settle, res, stall_ref)
-        # The runaway reference: the residual settling starts from, or the sample's residual after
-        # its first iteration if larger. A flow climbing out of a ghost may rise far above the
-        # ghost's residual, but not above the residuals the sample has already come down from.
-        entry_res = torch.where(ex["count"] == 0, res, ex["entry_res"])
-        settle_from = torch.where(go_settle, torch.maximum(res, entry_res), ex["settle_from"])
+        # The runaway reference: the ||F|| settling starts from, or the sample's ||F|| after its
+        # first iteration if larger. A flow climbing out of a ghost may rise far above the
+        # ghost's force, but not above the forces the sample has already come down from.
+        entry_fn = torch.where(ex["count"] == 0, fn, ex["entry_fn"])
+        settle_fn = torch.where(go_settle, torch.maximum(fn, entry_fn), ex["settle_fn"])
         # Entering a relaxation window halves the gain; settling follows the undamped map again,
         # undoing every relaxation cut (they were guesses against overshoot; rejections keep their
         # own cuts). `relax_cut` is the product of the relaxation cuts so far.
@@ -398,7 +407,7 @@ class Anderson(Integrator):
             YR=YR, gram=gram, valid=valid, count=ex["count"] + 1, scale=scale,
             least_fn=least_fn, best_z=best_z, best_f=best_f, best_res=best_res,
             stall_ref=stall_ref, stall_fn=stall_fn, since=since, relax=relax,
-            settling=settling, settle_from=settle_from, entry_res=entry_res, relax_cut=relax_cut,
+            settling=settling, settle_fn=settle_fn, entry_fn=entry_fn, relax_cut=relax_cut,
             restarts=ex["restarts"] + restart.long(), nonfinite=nonfinite,
         )
         return state.replace(

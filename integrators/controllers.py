@@ -4,7 +4,7 @@ A controller decides, per sample, whether an attempted step is accepted and whic
 next. It knows nothing about the method that made the attempt: the method hands it a `Trial` (the
 state before and after, the forces there, and a local-error estimate when the controller asks for
 one) and gets back a `Decision`. So any adaptive method (`AdaptiveEuler` today, an adaptive IMEX or
-exponential method later) can reuse any controller (STYLE.md, after diffrax's
+exponential method later) can reuse any controller (after diffrax's
 `_step_size_controller/`).
 
 The interface

@@ -506,7 +506,8 @@ class ODESolver(Integrator):
             warnings.warn(
                 f"ode: torchdiffeq {self.method} failed on {z.shape[0]} sample(s) ({err}); "
                 + ("retrying them one by one" if z.shape[0] > 1 else
-                   "the sample keeps its last accepted state and is marked stalled"),
+                   "the sample keeps its last accepted state and is marked stalled, or diverged "
+                   "where the force there is not finite"),
                 RuntimeWarning,
                 stacklevel=4,
             )

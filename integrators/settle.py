@@ -1,6 +1,6 @@
 """`settle(force, z0, method=..., **options)`: one entry point for every method.
 
-A string registry maps names to method classes (STYLE.md, after torchdiffeq's SOLVERS). Options are
+A string registry maps names to method classes (after torchdiffeq's SOLVERS). Options are
 split between the method's constructor and the shared loop; an unknown option is a TypeError that
 names it and lists the allowed ones, never silently ignored.
 """

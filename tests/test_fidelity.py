@@ -483,3 +483,62 @@ def test_scenarios_reach_their_expected_verdicts():
     # the start state matters: settle() on the saddle from its fixed point stays there
     saddle = RealSaddle()
     assert settle(saddle, saddle.fixed_point, "euler", max_steps=10).converged
+
+
+# ------------------------------------------------------------------------------------------------
+# the root search escalates until a root is found
+
+
+class _TanhHopf:
+    """F = -z + (1.5 I + R) tanh(z) + b, R a rotation (angular speed 2) on pairs of nodes: the root
+    near 0 has Jacobian -I + (1.5 I + R) sech^2, eigenvalues ~ 0.5 +- 2j: a Hopf instability."""
+
+    leak = 1.0
+
+    def __init__(self, n: int, bias: bool, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        R = torch.zeros(n, n, dtype=torch.float64)
+        for i in range(0, n - 1, 2):
+            R[i, i + 1], R[i + 1, i] = 2.0, -2.0
+        self.W = 1.5 * torch.eye(n, dtype=torch.float64) + R
+        self.b = (0.3 * torch.randn(n, generator=g, dtype=torch.float64) if bias
+                  else torch.zeros(n, dtype=torch.float64))
+
+    def nonlinear(self, z):
+        return torch.tanh(z) @ self.W.T + self.b
+
+    def __call__(self, z):
+        return -z + self.nonlinear(z)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_tanh_hopf_oscillator_is_a_continuous_instability(bias):
+    force = _TanhHopf(6, bias)
+    z0 = torch.tensor([[0.3] * 6, [-0.6] * 6], dtype=torch.float64)
+    rep = compare(force, z0, ["euler"])
+    assert rep.verdict is Verdict.CONTINUOUS_INSTABILITY and rep.kind is Instability.HOPF
+    assert bool(rep.root_found.all())
+    # the root is a root: F(z*) = 0, solved independently by scipy from the found point
+    for i in range(2):
+        zi = rep.z_star[i].numpy()
+        sol = scipy.optimize.root(lambda z: force(torch.from_numpy(z)[None])[0].numpy(), zi,
+                                  tol=1e-14)
+        np.testing.assert_allclose(zi, sol.x, atol=1e-7)
+        # and it is unstable: the dense Jacobian there has a complex pair with Re mu > 0
+        J = torch.autograd.functional.jacobian(lambda z: force(z[None])[0],
+                                               torch.from_numpy(sol.x))
+        ev = np.linalg.eigvals(J.numpy())
+        assert (ev.real > 0).any() and (np.abs(ev.imag[ev.real > 0]) > 0.1).all()
+
+
+def test_the_root_search_escalates_past_a_failed_finder_and_names_the_one_that_found_it():
+    force = _TanhHopf(6, bias=True)
+    z0 = torch.tensor([[0.3] * 6, [-0.6] * 6], dtype=torch.float64)
+    # Anderson alone finds no root here (the reference cycles around it): not_converged
+    alone = compare(force, z0, ["euler"], root=Anderson(fallback=None))
+    assert not bool(alone.root_found.any()) and alone.verdict is Verdict.NOT_CONVERGED
+    # the default escalation goes on to pseudo-transient continuation, which finds it
+    rep = compare(force, z0, ["euler"])
+    assert bool(rep.root_found.all())
+    assert all(src.startswith("ptc(") for src in rep.root_source), rep.root_source
+    assert [label for label, _ in rep.extra["root_runs"]][0] == "anderson"

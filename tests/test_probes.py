@@ -330,6 +330,20 @@ def test_euler_critical_step_flags_and_edge_cases():
     assert float(one.eps_crit[0]) == pytest.approx(min(1.0, 2 / 3))
 
 
+def test_euler_critical_step_of_unknown_eigenvalues_is_never_safe():
+    # no finite eigenvalue: the step limit is unknown (NaN), not "any step is safe" (inf)
+    nan = complex(math.nan, math.nan)
+    step = probes.euler_critical_step(torch.tensor([[nan, nan], [complex(-1, 0), nan]]))
+    assert math.isnan(float(step.eps_crit[0])) and not bool(step.unstable[0])
+    assert math.isnan(float(step.limiting[0].real))
+    assert float(step.eps_crit[1]) == pytest.approx(2.0)
+    assert step.n_eigs.tolist() == [0, 1]
+    # infinite eigenvalues are an error, not a verdict
+    for bad in (complex(-math.inf, 0), complex(-1, math.inf), complex(math.inf, 0)):
+        with pytest.raises(ValueError, match="eigs must be finite"):
+            probes.euler_critical_step(np.array([bad, -1 + 0j]))
+
+
 # ------------------------------------------------------------------------------------------------
 # asymmetry
 

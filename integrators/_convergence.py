@@ -186,9 +186,9 @@ def scaled_error(delta: np.ndarray, z_rms: np.ndarray, rtol: np.ndarray,
     0 where delta = 0 (an exact root, also at z = 0 with atol = 0); NaN propagates.
     """
     bound = atol + rtol * z_rms
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err = delta / bound
-    return np.where(delta == 0, 0.0, err)
+    err = np.divide(delta, bound, out=np.full_like(delta, np.inf), where=bound > 0)
+    err[delta == 0] = 0.0
+    return err
 
 
 __all__ = ["Displacement", "check_tolerance", "per_sample", "default_atol", "scaled_error"]

@@ -115,8 +115,8 @@ def bench_settle(repeats: int) -> list[dict[str, Any]]:
     for name in [m for m in SETTLE_METHODS if m in METHODS]:
         opts: dict[str, Any] = {"resample_read_noise": False}
         if name == "ode":  # as the CLI runs it
-            opts.update(chunk=_ODE_CHUNK, rtol=max(_ODE_RTOL, 10 * eps),
-                        atol=max(_ODE_ATOL, eps))
+            opts.update(chunk=_ODE_CHUNK, ode_rtol=max(_ODE_RTOL, 10 * eps),
+                        ode_atol=max(_ODE_ATOL, eps))
         first = model.settle(tokens, name, tol=1e-6, **opts)
         walls = []
         for _ in range(repeats):
